@@ -217,8 +217,11 @@ def _run_edit(request: EditRequest, args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             # Ctrl+C = Cancel: the worker stops at the next step boundary and says so.
             client.cancel(request.job_id)
-            final = next((e for e in client.events(timeout=0.5) if e.job_id == request.job_id and e.terminal), None)
+            final = _wait_terminal(client, request.job_id, seconds=30.0)
     bar.finish()
+    if final is None:
+        print("the backend did not confirm the cancel in time", file=sys.stderr)
+        return EXIT_CANCELLED
     if final.kind == "error":
         return _print_error(final)
     if final.kind == "cancelled":
@@ -227,6 +230,17 @@ def _run_edit(request: EditRequest, args: argparse.Namespace) -> int:
     path = write_result(args.out, final.image, final.metadata)
     print(f"wrote {path} ({final.image.shape[1]}x{final.image.shape[0]}) in {final.metadata.get('seconds', 0):.1f} s")
     return 0
+
+
+def _wait_terminal(client, job_id: str, seconds: float) -> Event | None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        event = client.poll(1.0)
+        if event is not None and event.job_id == job_id and event.terminal:
+            return event
+    return None
 
 
 def _save_preview(folder: Path, event: Event) -> None:

@@ -49,12 +49,18 @@ class BackendError(RuntimeError):
 class BackendClient:
     """Runs jobs on a backend process, one at a time, and hands back their events."""
 
-    def __init__(self, settings: dict[str, Any] | None = None, *, name: str = "atelier-backend") -> None:
+    def __init__(
+        self, settings: dict[str, Any] | None = None, *, name: str = "atelier-backend", context: Any = None
+    ) -> None:
+        """`settings` go to the worker (device, dtype, models dir, previews, ...). `context` replaces the
+        multiprocessing spawn context (tests pass a thread-based stand-in)."""
         self.settings: dict[str, Any] = dict(settings or {})
         self.name = name
         self.restarts = 0
+        # Called (with the new restart count, under the client's lock, on the polling thread) when a dead worker
+        # is replaced by a fresh one.
         self.on_restart: Callable[[int], None] | None = None
-        self._context = multiprocessing.get_context("spawn")
+        self._context = context if context is not None else multiprocessing.get_context("spawn")
         self._lock = threading.RLock()
         self._process: Any = None
         self._jobs: Any = None

@@ -70,7 +70,9 @@ class WorkerState:
 
 
 def handle(job: EditRequest | Query, state: WorkerState, emit: Callable[[Event], None], cancel: Any) -> None:
-    """Run `job`, emitting `started` first and exactly one terminal event last. Never raises."""
+    """Run `job`, emitting `started` first and exactly one terminal event last. Never raises.
+
+    A Query (list methods/models, ping) is answered with a single `result` or `error` event."""
     if isinstance(job, Query):
         _answer(job, emit)
         return

@@ -56,8 +56,15 @@ def thread_count(settings: dict[str, Any], cpus: int | None = None) -> int:
     requested = settings.get("threads")
     if requested:
         return max(1, int(requested))
-    cpus = cpus or os.cpu_count() or 1
+    cpus = cpus or _usable_cpus()
     return cpus - 1 if cpus > 4 else cpus
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # honours taskset / container CPU sets
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _configure_torch(settings: dict[str, Any]) -> None:

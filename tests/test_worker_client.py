@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -83,9 +85,14 @@ def assert_image_result(event: Event) -> None:
 
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackendClient]:
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="module")
+def backend(log_dir: Path) -> Iterator[BackendClient]:
     saved = os.environ.get("ATELIER_LOG_DIR")
-    os.environ["ATELIER_LOG_DIR"] = str(tmp_path_factory.mktemp("logs"))  # inherited by the spawned worker
+    os.environ["ATELIER_LOG_DIR"] = str(log_dir)  # inherited by the spawned worker
     client = BackendClient({"device": "cpu"})
     client.start()
     try:
@@ -175,6 +182,106 @@ def test_run_job_turns_a_raising_or_silent_handler_into_one_internal_error() -> 
     assert [e.kind for e in events] == ["result"]
 
 
+# --- client logic against a thread-based stand-in for the process (fast; no torch) -------------------------
+
+
+class _ThreadQueue(queue.Queue):
+    def cancel_join_thread(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _FakeProcess:
+    """Runs a scripted worker in a thread: each job reports `started`; a job with params {"hold": True} then waits
+    for `release` or the cancel; each ends with `result` or `cancelled`."""
+
+    count = 0
+
+    def __init__(self, target: object, args: tuple, name: str, daemon: bool) -> None:
+        self.jobs, self.events, self.cancel, _settings = args
+        self.release = threading.Event()
+        _FakeProcess.count += 1
+        self.pid = 100_000 + _FakeProcess.count
+        self.exitcode: int | None = None
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            self.events.put(Event(kind="started", job_id=job.job_id))
+            while job.params.get("hold") and not (self.release.wait(0.01) or self.cancel.is_set()):
+                pass
+            self.release.clear()
+            kind = "cancelled" if self.cancel.is_set() else "result"
+            self.events.put(Event(kind=kind, job_id=job.job_id))
+        self.exitcode = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def is_alive(self) -> bool:
+        return self.exitcode is None
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def terminate(self) -> None:
+        self.exitcode = -signal.SIGTERM
+
+    kill = terminate
+
+
+class _FakeContext:
+    Queue = _ThreadQueue
+    Event = threading.Event
+    Process = _FakeProcess
+
+
+def next_event(client: BackendClient, timeout: float = 5.0) -> Event:
+    event = client.poll(timeout)
+    assert event is not None, "no event"
+    return event
+
+
+def test_client_logic_with_a_fake_process() -> None:
+    client = BackendClient(context=_FakeContext())
+    restarts: list[int] = []
+    client.on_restart = restarts.append
+    assert client.poll(0.01) is None and not client.alive and client.cancel() is False
+    a, b, c = sdedit(params={"hold": True}), sdedit(), sdedit()
+    for job in (a, b, c):
+        client.submit(job)
+    with pytest.raises(ValueError):
+        client.submit(b)
+    assert (client.running, client.pending()) == (a.job_id, [b.job_id, c.job_id])
+    assert client.cancel(c.job_id)  # a waiting job is removed...
+    assert (next_event(client).job_id, client.pending()) == (c.job_id, [b.job_id])  # ...with a `cancelled`
+    assert (next_event(client).kind, client.running) == ("started", a.job_id)
+    first = client._process
+    first.release.set()
+    kinds = [(event.job_id, event.kind) for event in client.events(0.3)]
+    assert kinds == [(a.job_id, "result"), (b.job_id, "started"), (b.job_id, "result")]
+    # The worker dies while idle: noticed, nothing to report, a fresh one is started for the next job.
+    first.exitcode = -signal.SIGKILL
+    assert client.poll(0.3) is None and not client.alive
+    d = sdedit()
+    client.submit(d)
+    assert (client.restarts, restarts) == (1, [1]) and client.alive and client.pid != first.pid
+    # run() hands its own job's events to on_event and keeps the others' for later polls.
+    seen: list[str] = []
+    assert client.run(sdedit(), on_event=lambda event: seen.append(event.kind), timeout=10).kind == "result"
+    assert seen == ["started", "result"]
+    assert [(event.job_id, event.kind) for event in client.events(0.1)] == [(d.job_id, "started"), (d.job_id, "result")]
+    # stop() cancels the running job and every waiting one.
+    f, g = sdedit(params={"hold": True}), sdedit()
+    client.submit(f)
+    client.submit(g)
+    assert client.stop(timeout=5) == 0
+    assert {event.job_id: event.kind for event in client.events(0.05)} == {f.job_id: "cancelled", g.job_id: "cancelled"}
+    assert not client.alive and client.pending() == []
+
+
 # --- with the worker process -------------------------------------------------------------------------------
 
 
@@ -182,6 +289,12 @@ def test_run_job_turns_a_raising_or_silent_handler_into_one_internal_error() -> 
 def test_list_methods(client: BackendClient) -> None:
     methods = {MethodInfo.from_dict(data).id for data in client.list_methods(timeout=120)}
     assert {"sdedit", "reconstruct"} <= methods
+
+
+@pytest.mark.timeout(180)
+def test_worker_writes_its_log_file(client: BackendClient, log_dir: Path) -> None:
+    assert client.ping(timeout=120)["pid"] == client.pid
+    assert f"backend process {client.pid} starting" in (log_dir / "backend.log").read_text(encoding="utf-8")
 
 
 @pytest.mark.timeout(180)

@@ -79,6 +79,16 @@ def _unet(cross_attention_dim: int, xl: bool) -> UNet2DConditionModel:
     )
 
 
+@torch.no_grad()
+def _unit_variance_scaling(vae: AutoencoderKL) -> float:
+    """1 / std of the latents of a few smooth colour fields: SD chose its 0.18215 the same way, so that
+    diffusion sees unit-variance latents (with a random VAE's own 0.18215 they would be ~20x too small)."""
+    generator = torch.Generator().manual_seed(0)
+    coarse = torch.rand(4, 3, 4, 4, generator=generator) * 2 - 1
+    images = torch.nn.functional.interpolate(coarse, size=TINY_IMAGE_SIZE, mode="bicubic").clamp(-1, 1)
+    return round(1.0 / vae.encode(images).latent_dist.mean.std().item(), 5)
+
+
 def _scheduler_config() -> dict:
     return dict(
         DDIMScheduler(
@@ -113,6 +123,7 @@ def build_tiny(family: str = "sd1", seed: int = 0) -> ModelBundle:
         torch.random.set_rng_state(generator_state)
     for module in (unet, vae, *text_encoders):
         module.eval().requires_grad_(False)
+    vae.register_to_config(scaling_factor=_unit_variance_scaling(vae))
     return ModelBundle(
         model_id="tiny" if family == "sd1" else "tiny-xl",
         family=family,

@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny models built from configs (seeded, CPU), small images, an in-process job runner."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+
+# Two cores shared by torch's pool and everything else: one thread is faster and steadier for tiny models.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _user_dirs(tmp_path_factory, monkeypatch):
+    """Never touch the real user's data, cache or log folders."""
+    base = tmp_path_factory.getbasetemp()
+    monkeypatch.setenv("ATELIER_DATA_DIR", str(base / "data"))
+    monkeypatch.setenv("ATELIER_CACHE_DIR", str(base / "cache"))
+    monkeypatch.setenv("ATELIER_LOG_DIR", str(base / "logs"))
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    from backend.models import load_model
+
+    return load_model("tiny", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_xl():
+    from backend.models import load_model
+
+    return load_model("tiny-xl", device="cpu")
+
+
+@pytest.fixture
+def engine(tiny):
+    from backend.engine.context import Engine
+
+    return Engine(tiny)
+
+
+@pytest.fixture
+def scene() -> np.ndarray:
+    """A 64x64 picture: light background, a red square left, a blue disc right."""
+    image = np.full((64, 64, 3), 225, np.uint8)
+    image[20:44, 6:30] = (200, 30, 30)
+    yy, xx = np.mgrid[:64, :64]
+    image[(yy - 32) ** 2 + (xx - 46) ** 2 < 100] = (30, 60, 200)
+    return image
+
+
+@pytest.fixture
+def run_job():
+    """Run a job through backend.jobs.handle in this process; returns the list of events."""
+    from backend.jobs import WorkerState, handle
+
+    state = WorkerState({"device": "cpu"})
+
+    def run(request, cancel=None):
+        events = []
+        handle(request, state, events.append, cancel or threading.Event())
+        return events
+
+    run.state = state
+    return run

@@ -1,0 +1,131 @@
+"""Model registry and loading: tiny models from configs, diffusers folders, single files, hub errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from backend.models import ModelNotFound, load_model, resolve
+from backend.models.loading import ModelLoadError, detect_checkpoint_family
+from backend.models.tiny import build_tiny, clip_tokenizer, save_diffusers_folder
+
+
+def test_tokenizer_is_real_clip_bpe():
+    tokenizer = clip_tokenizer()
+    # The ids Stable Diffusion's own tokenizer gives these words; the limit is 77 with start and end tokens.
+    assert tokenizer("a big red circle").input_ids == [49406, 320, 1205, 736, 7117, 49407]
+    assert tokenizer.model_max_length == 77
+    assert len(tokenizer) == 49408
+
+
+def test_tiny_sd1_has_sd_architecture(tiny):
+    assert tiny.family == "sd1"
+    assert tiny.vae_scale_factor == 8
+    assert len(tiny.unet.up_blocks) == 3 and not hasattr(tiny.unet.up_blocks[0], "attentions")
+    names = list(tiny.unet.attn_processors)
+    assert "up_blocks.1.attentions.0.transformer_blocks.0.attn2.processor" in names
+    noise = torch.randn(1, 4, 8, 8)
+    hidden = torch.randn(1, 77, tiny.unet.config.cross_attention_dim)
+    assert tiny.unet(noise, 10, encoder_hidden_states=hidden).sample.shape == (1, 4, 8, 8)
+
+
+def test_tiny_models_are_reproducible_from_their_seed():
+    first, second = build_tiny("sd1", seed=3), build_tiny("sd1", seed=3)
+    other = build_tiny("sd1", seed=4)
+    weight = "conv_in.weight"
+    assert torch.equal(first.unet.state_dict()[weight], second.unet.state_dict()[weight])
+    assert not torch.equal(first.unet.state_dict()[weight], other.unet.state_dict()[weight])
+
+
+def test_tiny_xl_conditions_on_pooled_text_and_size(tiny_xl):
+    from backend.engine.conditioning import encode_prompts
+
+    cond = encode_prompts(tiny_xl, ["a cat", "a dog"])
+    assert cond.hidden.shape == (2, 77, 64)  # two encoders concatenated, as SDXL does
+    assert cond.pooled.shape == (2, 32) and cond.time_ids.shape == (2, 6)
+    out = tiny_xl.unet(torch.randn(2, 4, 8, 8), 10, **cond.unet_kwargs()).sample
+    assert out.shape == (2, 4, 8, 8)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_a_saved_diffusers_folder_loads_to_the_same_model(tmp_path, family):
+    built = build_tiny(family, seed=1)
+    folder = save_diffusers_folder(built, tmp_path / f"my-{family}")
+    assert not list(folder.rglob("*.bin")), "weights must be safetensors"
+    loaded = load_model(str(folder), device="cpu")
+    assert loaded.family == family and loaded.default_size == 64
+    for name, tensor in built.unet.state_dict().items():
+        assert torch.equal(tensor, loaded.unet.state_dict()[name]), name
+    assert loaded.tokenizers[0]("a red square").input_ids == built.tokenizers[0]("a red square").input_ids
+
+
+def test_models_folder_entries_resolve_by_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATELIER_MODELS_DIR", str(tmp_path))
+    save_diffusers_folder(build_tiny("sd1"), tmp_path / "shapes")
+    spec = resolve("shapes")
+    assert spec.source == "folder" and spec.location == str((tmp_path / "shapes").resolve())
+
+
+def test_unknown_models_say_where_they_were_looked_for(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATELIER_MODELS_DIR", str(tmp_path))
+    with pytest.raises(ModelNotFound, match=f"no model 'nothing-here'.*{tmp_path}"):
+        resolve("nothing-here")
+
+
+def test_pickle_checkpoints_are_refused(tmp_path):
+    checkpoint = tmp_path / "model.ckpt"
+    checkpoint.write_bytes(b"not loaded")
+    with pytest.raises(ModelNotFound, match="pickle.*safetensors"):
+        resolve(str(checkpoint))
+
+
+def test_a_folder_without_a_model_is_refused(tmp_path):
+    (tmp_path / "junk").mkdir()
+    with pytest.raises(ModelNotFound, match="not a diffusers model"):
+        resolve(str(tmp_path / "junk"))
+
+
+def test_an_incomplete_folder_says_what_is_missing(tmp_path):
+    folder = save_diffusers_folder(build_tiny("sd1"), tmp_path / "m")
+    for file in (folder / "vae").iterdir():
+        file.unlink()
+    (folder / "vae").rmdir()
+    with pytest.raises(ModelLoadError, match="lacks vae"):
+        load_model(str(folder), device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("prefix", "family"),
+    [
+        ("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight", "sd1"),
+        ("cond_stage_model.model.token_embedding.weight", "sd2"),
+        ("conditioner.embedders.1.model.token_embedding.weight", "sdxl"),
+    ],
+)
+def test_single_file_family_is_read_from_tensor_names(tmp_path, prefix, family):
+    path = tmp_path / "checkpoint.safetensors"
+    save_file({prefix: torch.zeros(2, 2), "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, str(path))
+    assert resolve(str(path)).source == "single_file"
+    assert detect_checkpoint_family(path) == family
+
+
+def test_a_safetensors_file_that_is_not_a_checkpoint_is_explained(tmp_path):
+    path = tmp_path / "lora.safetensors"
+    save_file({"lora_unet_down.weight": torch.zeros(2)}, str(path))
+    with pytest.raises(ModelLoadError, match="does not look like a Stable Diffusion checkpoint"):
+        load_model(str(path), device="cpu")
+
+
+def test_hub_model_missing_offline_gives_a_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFound, match="stabilityai/sdxl-turbo.*HF_HUB_OFFLINE"):
+        load_model("sdxl-turbo", device="cpu")
+
+
+def test_cpu_defaults_to_fp32(tiny):
+    assert tiny.dtype == torch.float32 and tiny.device.type == "cpu"
+    assert next(tiny.unet.parameters()).dtype == torch.float32
+    assert np.isfinite(tiny.nbytes())
