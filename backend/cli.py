@@ -101,17 +101,32 @@ def _edit_parser(info: MethodInfo | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m backend edit", description="Run one edit and write a PNG.")
     parser.add_argument("--method", required=True)
     parser.add_argument("--image", type=Path, help="the picture to edit")
-    parser.add_argument("--mask", action="append", default=[], metavar="[ROLE=]PATH",
-                        help="a mask file (white = inside); ROLE defaults to the method's first mask role")
-    parser.add_argument("--points", action="append", default=[], metavar="HX,HY:TX,TY",
-                        help="a handle -> target point pair in pixels (repeat for more)")
+    parser.add_argument(
+        "--mask",
+        action="append",
+        default=[],
+        metavar="[ROLE=]PATH",
+        help="a mask file (white = inside); ROLE defaults to the method's first mask role",
+    )
+    parser.add_argument(
+        "--points",
+        action="append",
+        default=[],
+        metavar="HX,HY:TX,TY",
+        help="a handle -> target point pair in pixels (repeat for more)",
+    )
     parser.add_argument("--reference", type=Path, help="reference image")
     parser.add_argument("--reference-mask", type=Path)
     parser.add_argument("--source-prompt", default="")
     parser.add_argument("--prompt", "--target-prompt", dest="target_prompt", default="")
     parser.add_argument("--negative-prompt", default="")
-    parser.add_argument("--object", action="append", default=[], metavar="MASK=PROMPT[=SOURCE_WORD]",
-                        help="an object to edit: its mask file and the prompt it should become")
+    parser.add_argument(
+        "--object",
+        action="append",
+        default=[],
+        metavar="MASK=PROMPT[=SOURCE_WORD]",
+        help="an object to edit: its mask file and the prompt it should become",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--device", default="auto")
@@ -122,8 +137,12 @@ def _edit_parser(info: MethodInfo | None) -> argparse.ArgumentParser:
     if info is not None:
         group = parser.add_argument_group(f"{info.title} parameters")
         for spec in info.params:
-            group.add_argument(f"--{_flag(spec)}", dest=f"param_{spec.name}", default=None,
-                               help=f"{spec.help} ({spec.type}, default {spec.default}{_range(spec)})")
+            group.add_argument(
+                f"--{_flag(spec)}",
+                dest=f"param_{spec.name}",
+                default=None,
+                help=f"{spec.help} ({spec.type}, default {spec.default}{_range(spec)})",
+            )
     return parser
 
 
@@ -139,7 +158,9 @@ def _edit(argv: list[str]) -> int:
         try:
             info = get_method(known.method).info
         except UnknownMethod as error:
-            return _print_error(Event(kind="error", job_id="-", error_kind=error.kind, message=str(error), hint=error.hint))
+            return _print_error(
+                Event(kind="error", job_id="-", error_kind=error.kind, message=str(error), hint=error.hint)
+            )
     args = _edit_parser(info).parse_args(argv)
     try:
         request = _build_request(args, info)
@@ -154,8 +175,11 @@ def _build_request(args: argparse.Namespace, info: MethodInfo) -> EditRequest:
     return EditRequest(
         method=info.id,
         image=read_image(args.image) if args.image else None,
-        params={spec.name: getattr(args, f"param_{spec.name}") for spec in info.params
-                if getattr(args, f"param_{spec.name}") is not None},
+        params={
+            spec.name: getattr(args, f"param_{spec.name}")
+            for spec in info.params
+            if getattr(args, f"param_{spec.name}") is not None
+        },
         masks=dict(_parse_mask(item, info, read_mask) for item in args.mask),
         points=[_parse_points(item) for item in args.points],
         reference_image=read_image(args.reference) if args.reference else None,

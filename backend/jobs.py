@@ -56,7 +56,9 @@ class WorkerState:
                 progress=lambda stage, done, total: report.progress(done, total, stage),
             )
         except ModelNotFound as error:
-            raise ModelUnavailable(str(error), hint="Choose a model from the list or point to a model folder.") from None
+            raise ModelUnavailable(
+                str(error), hint="Choose a model from the list or point to a model folder."
+            ) from None
         except ModelLoadError as error:
             raise ModelUnavailable(str(error)) from None
         report.log(f"loaded {model_id} ({self.bundle.family}) in {time.perf_counter() - started:.1f} s")

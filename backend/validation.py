@@ -101,7 +101,9 @@ def _check_points(request: EditRequest, image: np.ndarray | None) -> None:
     for index, pair in enumerate(request.points):
         for name, (x, y) in (("handle", pair.handle), ("target", pair.target)):
             if not (0 <= x < width and 0 <= y < height):
-                raise InputError(f"point pair {index + 1}: {name} ({x:g}, {y:g}) lies outside the {width}x{height} image")
+                raise InputError(
+                    f"point pair {index + 1}: {name} ({x:g}, {y:g}) lies outside the {width}x{height} image"
+                )
 
 
 def _check_reference(request: EditRequest, needed: set[str]) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -95,7 +95,11 @@ def test_recipe_from_a_newer_protocol_is_refused():
 
 def test_method_info_round_trips():
     info = MethodInfo(
-        "m", "M", "d", ("sd1",), ("image", "mask:object"),
+        "m",
+        "M",
+        "d",
+        ("sd1",),
+        ("image", "mask:object"),
         (ParamSpec("mode", "choice", "a", choices=("a", "b")), ParamSpec("w", "float", 1.0, minimum=0, maximum=2)),
     )
     assert MethodInfo.from_dict(json.loads(json.dumps(info.to_dict()))) == info
@@ -109,7 +113,10 @@ FLAG = ParamSpec("flag", "bool", False)
 
 def test_params_are_filled_with_defaults_and_coerced_from_strings():
     assert validate_params([STEPS, SCALE, MODE, FLAG], {"steps": "20", "flag": "yes"}) == {
-        "steps": 20, "scale": 7.5, "mode": "move", "flag": True,
+        "steps": 20,
+        "scale": 7.5,
+        "mode": "move",
+        "flag": True,
     }
 
 

@@ -67,9 +67,7 @@ def cached_ddim_inversion(
 ) -> list[torch.Tensor]:
     """`ddim_invert` through the engine's inversion cache: re-running an edit with other parameters on the
     same image, prompt and steps skips the inversion entirely."""
-    key = inversion_key(
-        image_key_source, engine.bundle.model_id, prompt, steps, "ddim", guidance=float(guidance_scale)
-    )
+    key = inversion_key(image_key_source, engine.bundle.model_id, prompt, steps, "ddim", guidance=float(guidance_scale))
     cached = engine.inversion_cache.get(key)
     if cached is not None:
         engine.report.log(f"inversion reused from cache ({steps} steps)")

@@ -70,7 +70,9 @@ def reconstruct(engine: Engine, request: EditRequest, report) -> MethodResult:
     inputs=("image", "target_prompt"),
     optional_inputs=("mask:edit", "negative_prompt"),
     params=(
-        ParamSpec("strength", "float", 0.6, "How far to noise: t0 = strength x T (0 keeps, 1 ignores the image)", 0.0, 1.0),
+        ParamSpec(
+            "strength", "float", 0.6, "How far to noise: t0 = strength x T (0 keeps, 1 ignores the image)", 0.0, 1.0
+        ),
         STEPS,
         GUIDANCE,
         ParamSpec("feather", "float", 4.0, "Mask edge softness in pixels", 0.0, 64.0),

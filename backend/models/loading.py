@@ -101,7 +101,9 @@ def load_diffusers_folder(folder: Path, dtype: torch.dtype, model_id: str = "") 
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     family = detect_folder_family(folder)
-    missing = [part for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (folder / part).is_dir()]
+    missing = [
+        part for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (folder / part).is_dir()
+    ]
     if family == "sdxl":
         missing += [part for part in ("text_encoder_2", "tokenizer_2") if not (folder / part).is_dir()]
     if missing:
@@ -114,9 +116,11 @@ def load_diffusers_folder(folder: Path, dtype: torch.dtype, model_id: str = "") 
         text_encoders = [CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **common)]
         tokenizers = [CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")]
         if family == "sdxl":
-            text_encoders.append(CLIPTextModelWithProjection.from_pretrained(folder, subfolder="text_encoder_2", **common))
+            text_encoders.append(
+                CLIPTextModelWithProjection.from_pretrained(folder, subfolder="text_encoder_2", **common)
+            )
             tokenizers.append(CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2"))
-    except (OSError, ValueError, EnvironmentError) as error:
+    except (OSError, ValueError) as error:
         raise ModelLoadError(f"could not load the model in {folder}: {error}") from error
     scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     sample_size = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)

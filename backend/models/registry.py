@@ -33,14 +33,20 @@ class ModelSpec:
 
 BUILTIN_MODELS: dict[str, ModelSpec] = {
     "tiny": ModelSpec("tiny", "Tiny SD1-architecture test model (random weights)", "builtin", "sd1", "sd1", 64),
-    "tiny-xl": ModelSpec("tiny-xl", "Tiny SDXL-architecture test model (random weights)", "builtin", "sdxl", "sdxl", 64),
+    "tiny-xl": ModelSpec(
+        "tiny-xl", "Tiny SDXL-architecture test model (random weights)", "builtin", "sdxl", "sdxl", 64
+    ),
 }
 
 HUB_ALIASES: dict[str, ModelSpec] = {
     "sd15": ModelSpec("sd15", "Stable Diffusion 1.5", "hub", "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd1", 512),
     "sd14": ModelSpec("sd14", "Stable Diffusion 1.4", "hub", "CompVis/stable-diffusion-v1-4", "sd1", 512),
-    "sd21-base": ModelSpec("sd21-base", "Stable Diffusion 2.1 base", "hub", "stabilityai/stable-diffusion-2-1-base", "sd2", 512),
-    "sdxl": ModelSpec("sdxl", "Stable Diffusion XL base 1.0", "hub", "stabilityai/stable-diffusion-xl-base-1.0", "sdxl", 1024),
+    "sd21-base": ModelSpec(
+        "sd21-base", "Stable Diffusion 2.1 base", "hub", "stabilityai/stable-diffusion-2-1-base", "sd2", 512
+    ),
+    "sdxl": ModelSpec(
+        "sdxl", "Stable Diffusion XL base 1.0", "hub", "stabilityai/stable-diffusion-xl-base-1.0", "sdxl", 1024
+    ),
     "sdxl-turbo": ModelSpec("sdxl-turbo", "SDXL-Turbo", "hub", "stabilityai/sdxl-turbo", "sdxl", 512),
 }
 
@@ -61,7 +67,7 @@ def resolve(model_id: str) -> ModelSpec:
         spec = _local_spec(model_id, candidate)
         if spec is not None:
             return spec
-    if _HUB_ID.match(model_id) and not Path(model_id).suffix == ".safetensors":
+    if _HUB_ID.match(model_id) and Path(model_id).suffix != ".safetensors":
         return ModelSpec(model_id, model_id, "hub", model_id)
     raise ModelNotFound(
         f"no model '{model_id}': not a built-in ({', '.join(BUILTIN_MODELS)}), not an alias "

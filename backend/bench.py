@@ -1,0 +1,112 @@
+"""`python -m backend bench`: each method's time as a ratio to plain DDIM sampling, measured in one run.
+
+Ratios, not seconds, are the figures to compare: they hold across machines and loads far better than absolute
+times, and they are what the papers' cost claims are about ("x times the cost of sampling").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from backend.engine.context import Engine
+from backend.engine.sampling import sample
+from backend.methods.registry import Method, all_methods
+from backend.models import load_model
+from backend.protocol import EditRequest, ObjectPrompt, PointPair
+from backend.validation import validate_request
+
+log = logging.getLogger(__name__)
+
+
+def bench_scene(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A picture with one object and that object's mask, at `size` x `size`."""
+    image = np.full((size, size, 3), 220, np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    disc = (yy - size * 0.5) ** 2 + (xx - size * 0.35) ** 2 < (size * 0.2) ** 2
+    image[disc] = (200, 40, 40)
+    return image, (disc * 255).astype(np.uint8)
+
+
+def bench_request(method: Method, size: int, steps: int) -> EditRequest:
+    """A request that satisfies `method`'s declared inputs, with `steps` steps where it has a steps parameter."""
+    image, mask = bench_scene(size)
+    inputs = set(method.info.inputs)
+    masks = {item.split(":", 1)[1]: mask for item in inputs if item.startswith("mask:")}
+    names = {spec.name for spec in method.info.params}
+    return EditRequest(
+        method=method.info.id,
+        image=image,
+        params={"steps": steps} if "steps" in names else {},
+        masks=masks,
+        points=[PointPair((size * 0.35, size * 0.5), (size * 0.65, size * 0.5))] if "points" in inputs else [],
+        reference_image=image if "reference" in inputs else None,
+        reference_mask=mask if "reference" in inputs else None,
+        source_prompt="a red circle",
+        target_prompt="a blue circle",
+        object_prompts=[ObjectPrompt(mask, "a blue circle", "circle")] if "object_prompts" in inputs else [],
+    )
+
+
+def _timed(engine: Engine, run: Callable[[], object]) -> tuple[float, int]:
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    run()
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize()
+        return time.perf_counter() - started, int(torch.cuda.max_memory_allocated())
+    return time.perf_counter() - started, 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    bundle = load_model(args.model, device=args.device, dtype=args.dtype)
+    engine = Engine(bundle)
+    size = args.size or bundle.default_size
+    wanted = {m for m in args.methods.split(",") if m}
+    methods = [m for m in all_methods() if (not wanted or m.info.id in wanted) and bundle.family in m.info.families]
+    cond = engine.encode_prompts(["a red circle"])
+    uncond = engine.encode_prompts([""])
+
+    def reference() -> None:
+        sample(engine, cond, uncond, (size, size), args.steps, 7.5, seed=0)
+
+    reference()  # warm-up: first calls pay for kernel selection and allocation
+    base_seconds, base_memory = _timed(engine, reference)
+    rows = [{"method": "ddim-sampling", "seconds": base_seconds, "ratio": 1.0, "peak_bytes": base_memory}]
+    for method in methods:
+        request = validate_request(bench_request(method, size, args.steps), method.info)
+        engine.inversion_cache.clear()  # time the whole method, inversion included
+        seconds, memory = _timed(engine, lambda m=method, r=request: m.run(engine, r, engine.report))
+        rows.append(
+            {"method": method.info.id, "seconds": seconds, "ratio": seconds / base_seconds, "peak_bytes": memory}
+        )
+    _print_table(rows, bundle, size, args.steps)
+    if args.json:
+        meta = {
+            "model": bundle.model_id,
+            "device": str(bundle.device),
+            "dtype": str(bundle.dtype),
+            "size": size,
+            "steps": args.steps,
+        }
+        args.json.write_text(json.dumps({"setup": meta, "rows": rows}, indent=2))
+    return 0
+
+
+def _print_table(rows: list[dict], bundle, size: int, steps: int) -> None:
+    print(
+        f"model {bundle.model_id} ({bundle.family}) on {bundle.device} {str(bundle.dtype).replace('torch.', '')}, "
+        f"{size}x{size}, {steps} steps; ratio = method time / plain DDIM sampling time (CFG), same run"
+    )
+    print(f"{'method':<20}{'seconds':>10}{'ratio':>9}{'peak MiB':>10}")
+    for row in rows:
+        memory = f"{row['peak_bytes'] / 2**20:.0f}" if row["peak_bytes"] else "-"
+        print(f"{row['method']:<20}{row['seconds']:>10.3f}{row['ratio']:>9.2f}{memory:>10}")

@@ -1,0 +1,126 @@
+"""`python -m backend`: the commands a user types, their output, and their errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from backend.cli import main
+
+
+@pytest.fixture
+def files(tmp_path, scene):
+    Image.fromarray(scene).save(tmp_path / "scene.png")
+    mask = np.zeros(scene.shape[:2], np.uint8)
+    mask[10:40, 30:60] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    (tmp_path / "truncated.png").write_bytes((tmp_path / "scene.png").read_bytes()[:150])
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "small_mask.png")
+    return tmp_path
+
+
+def test_list_methods_and_describe(capsys):
+    assert main(["list-methods"]) == 0
+    listing = capsys.readouterr().out
+    assert "sdedit" in listing and "ddim-word-swap" in listing and "reconstruct" in listing
+    assert main(["describe", "sdedit"]) == 0
+    described = capsys.readouterr().out
+    assert "--strength  float = 0.6 [0 .. 1]" in described and "mask:edit" in described
+    assert main(["describe", "nope"]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
+
+
+def test_edit_writes_a_png_with_its_recipe_and_shows_progress(files):
+    out = files / "out" / "edited.png"
+    command = [
+        sys.executable,
+        "-m",
+        "backend",
+        "edit",
+        "--method",
+        "sdedit",
+        "--image",
+        str(files / "scene.png"),
+        "--mask",
+        str(files / "mask.png"),
+        "--prompt",
+        "a green circle",
+        "--steps",
+        "6",
+        "--strength",
+        "0.5",
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+        "--previews",
+        str(files / "previews"),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert "3/3 sdedit" in done.stderr  # strength 0.5 of 6 steps: three denoising steps, each reported
+    assert f"wrote {out}" in done.stdout
+    with Image.open(out) as image:
+        assert image.size == (64, 64)
+        parameters, recipe = image.text["parameters"], json.loads(image.text["atelier"])
+    assert parameters.splitlines()[0] == "a green circle"
+    assert "Steps: 6" in parameters and "Seed: 3" in parameters and "Model: tiny" in parameters
+    assert recipe["recipe"]["params"]["strength"] == 0.5 and recipe["method"] == "sdedit"
+    assert sorted(p.name for p in (files / "previews").iterdir()) == [f"step_000{i}.png" for i in (1, 2, 3)]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--method", "sdedit", "--image", "truncated.png", "--prompt", "x"], "cannot read image file"),
+        (["--method", "sdedit", "--image", "missing.png", "--prompt", "x"], "does not exist"),
+        (["--method", "sdedit", "--image", "scene.png", "--mask", "missing.png", "--prompt", "x"], "does not exist"),
+        (["--method", "nope", "--image", "scene.png"], "unknown method 'nope'"),
+        (["--method", "sdedit", "--image", "scene.png", "--points", "1,2", "--prompt", "x"], "HX,HY:TX,TY"),
+    ],
+)
+def test_edit_input_errors_before_any_model_work(files, monkeypatch, capsys, arguments, message):
+    monkeypatch.chdir(files)
+    assert main(["edit", *arguments, "--out", "o.png"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (files / "o.png").exists()
+
+
+def test_edit_errors_from_the_worker_are_printed_with_their_hint(files):
+    command = [
+        sys.executable,
+        "-m",
+        "backend",
+        "edit",
+        "--method",
+        "sdedit",
+        "--image",
+        str(files / "scene.png"),
+        "--mask",
+        str(files / "small_mask.png"),
+        "--prompt",
+        "x",
+        "--out",
+        str(files / "o.png"),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 2
+    assert "error (bad-input): mask 'edit' is 20x20 but the image is 64x64" in done.stderr
+    assert "hint: Masks must have the size of the image" in done.stderr
+    assert not (files / "o.png").exists()
+
+
+def test_bench_reports_each_method_as_a_ratio_to_sampling(tmp_path, capsys):
+    report = tmp_path / "bench.json"
+    assert main(["bench", "--steps", "2", "--json", str(report)]) == 0
+    rows = {row["method"]: row for row in json.loads(report.read_text())["rows"]}
+    assert rows["ddim-sampling"]["ratio"] == 1.0
+    assert {"sdedit", "reconstruct", "ddim-word-swap"} <= rows.keys()
+    for row in rows.values():
+        assert row["seconds"] > 0 and row["ratio"] == pytest.approx(row["seconds"] / rows["ddim-sampling"]["seconds"])
+    assert "ratio = method time / plain DDIM sampling time" in capsys.readouterr().out
