@@ -63,9 +63,12 @@ def setup_logging(name: str, folder: Path | None = None) -> Path | None:
     file_handler = _file_handler(name, folder if folder is not None else user_log_dir())
     if file_handler is not None:
         handlers.append(file_handler)
+    # The terminal (the CLI's progress bar, the GUI's console) gets warnings only unless asked for more;
+    # the file always gets the full level.
+    console_level = level if os.environ.get("ATELIER_LOG_LEVEL") else max(level, logging.WARNING)
     for handler in handlers:
         setattr(handler, _MARK, True)
         handler.setFormatter(formatter)
-        handler.setLevel(level)
+        handler.setLevel(console_level if handler is handlers[0] else level)
         root.addHandler(handler)
     return Path(file_handler.baseFilename) if isinstance(file_handler, logging.FileHandler) else None

@@ -195,3 +195,50 @@ def test_queries_answer_methods_and_models(run_job):
     assert {"sdedit", "reconstruct", "ddim-word-swap"} <= ids
     models = run_job(Query("models"))[-1].metadata["models"]
     assert {"tiny", "tiny-xl", "sd15", "sdxl-turbo"} <= {m["id"] for m in models}
+
+
+@pytest.fixture
+def masked_method():
+    @method(id="test-masked", title="Masked", description="", families=("sd1",), inputs=("image", "mask:object"),
+            params=())
+    def run(engine, request, report):
+        return MethodResult(request.image)
+
+    yield "test-masked"
+    unregister("test-masked")
+
+
+def test_an_empty_required_mask_is_an_error_event(run_job, scene, masked_method):
+    empty = np.zeros(scene.shape[:2], np.uint8)
+    final = terminal(run_job(EditRequest(method=masked_method, image=scene, masks={"object": empty})))
+    assert (final.kind, final.error_kind) == ("error", "bad-input")
+    assert "mask 'object' is empty" in final.message and "Paint" in final.hint
+
+
+@pytest.fixture
+def oom_method():
+    import torch
+
+    @method(id="test-oom", title="OOM", description="", families=("sd1",), inputs=("image",), params=())
+    def run(engine, request, report):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    yield "test-oom"
+    unregister("test-oom")
+
+
+def test_out_of_memory_says_what_to_change_and_frees_the_model(run_job, scene, oom_method):
+    final = terminal(run_job(EditRequest(method=oom_method, image=scene)))
+    assert (final.kind, final.error_kind) == ("error", "out-of-memory")
+    assert "resolution" in final.hint and "fp16" in final.hint
+    assert run_job.state.bundle is None  # nothing half-modified stays cached
+    assert terminal(run_job(sdedit(scene))).kind == "result"
+
+
+def test_the_model_stays_loaded_between_jobs(run_job, scene):
+    first, second = run_job(sdedit(scene)), run_job(sdedit(scene))
+    assert any(e.kind == "log" and e.message.startswith("loaded tiny") for e in first)
+    assert not any(e.kind == "log" and e.message.startswith("loaded") for e in second)
+    switched = run_job(sdedit(scene, model="tiny-xl"))
+    assert any(e.kind == "log" and e.message.startswith("loaded tiny-xl") for e in switched)
+    assert run_job.state.bundle.model_id == "tiny-xl"

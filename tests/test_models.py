@@ -129,3 +129,32 @@ def test_cpu_defaults_to_fp32(tiny):
     assert tiny.dtype == torch.float32 and tiny.device.type == "cpu"
     assert next(tiny.unet.parameters()).dtype == torch.float32
     assert np.isfinite(tiny.nbytes())
+
+
+def test_download_progress_reaches_the_job(monkeypatch, tmp_path):
+    from backend.models import loading
+
+    reported = []
+
+    def fake_snapshot_download(repo_id, allow_patterns, local_files_only, tqdm_class):
+        assert "unet/*model.safetensors" not in allow_patterns  # one variant only, by pattern
+        bar = tqdm_class(total=300, disable=True)
+        for _ in range(3):
+            bar.update(100)
+        bar.close()
+        (tmp_path / "unet").mkdir(exist_ok=True)
+        (tmp_path / "unet" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"")
+        return str(tmp_path)
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
+    folder = loading.download_from_hub("owner/model", torch.float16, lambda *a: reported.append(a))
+    assert folder == tmp_path
+    assert reported == [("downloading model", 100, 300), ("downloading model", 200, 300), ("downloading model", 300, 300)]
+
+
+def test_single_file_offline_without_configs_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    path = tmp_path / "model.safetensors"
+    save_file({"cond_stage_model.transformer.text_model.x": torch.zeros(1)}, str(path))
+    with pytest.raises(ModelLoadError, match="model.safetensors \\(sd1\\).*diffusers configs"):
+        load_model(str(path), device="cpu")

@@ -156,10 +156,11 @@ def _progress_bar_class(progress: Progress | None):
         """tqdm that also reports to the job's event stream (download progress in the GUI)."""
 
         def update(self, n: float | None = 1) -> bool | None:
-            shown = super().update(n)
+            # Counted here too: a disabled bar (HF_HUB_DISABLE_PROGRESS_BARS) does not advance self.n.
+            self.reported = getattr(self, "reported", 0) + (n or 0)
             if progress is not None and self.total:
-                progress("downloading model", int(self.n), int(self.total))
-            return shown
+                progress("downloading model", int(self.reported), int(self.total))
+            return super().update(n)
 
     return ReportingBar
 
