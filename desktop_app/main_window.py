@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QSize, Qt
 from PySide6.QtGui import QAction, QCloseEvent, QImage, QKeySequence, QPixmap, QResizeEvent, QUndoCommand, QUndoStack
 from PySide6.QtWidgets import (
     QComboBox,
@@ -100,7 +100,7 @@ class ImageView(QLabel):
         self.setPixmap(self._pixmap.scaled(size, Qt.AspectRatioMode.KeepAspectRatio, _filter(self._pixmap, size)))
 
 
-def _filter(pixmap: QPixmap, size: object) -> Qt.TransformationMode:
+def _filter(pixmap: QPixmap, size: QSize) -> Qt.TransformationMode:
     """Nearest neighbour when enlarging a lot (small previews stay crisp), smooth otherwise."""
     enlarging = pixmap.width() * 2 < size.width() and pixmap.height() * 2 < size.height()
     return Qt.TransformationMode.FastTransformation if enlarging else Qt.TransformationMode.SmoothTransformation
@@ -131,6 +131,7 @@ class MainWindow(QMainWindow):
         self.model = model
         self.methods: dict[str, MethodInfo] = {}
         self.job_id: str | None = None  # the edit this window submitted and is waiting for
+        self.job_title = ""
         self.staged_metadata: dict | None = None
         self.undo_stack = QUndoStack(self)
         self._error_box: QMessageBox | None = None
@@ -143,6 +144,7 @@ class MainWindow(QMainWindow):
         self._connect_link()
         self._set_running(False)
         self._set_staged(None)
+        self.export_action.setEnabled(False)
 
     # --- construction --------------------------------------------------------------------------------------
 
@@ -201,7 +203,8 @@ class MainWindow(QMainWindow):
         file_menu.addAction(_action(self, "&Open Image…", self.choose_image, QKeySequence.StandardKey.Open))
         self.samples_menu = file_menu.addMenu("Open &Sample")
         for path in sample_images():
-            self.samples_menu.addAction(path.stem.replace("_", " "), lambda p=path: self.open_image(p))
+            # `triggered` passes `checked`; the keyword-only default keeps it away from the path.
+            self.samples_menu.addAction(path.stem.replace("_", " "), lambda *_, p=path: self.open_image(p))
         self.samples_menu.setEnabled(not self.samples_menu.isEmpty())
         self.export_action = _action(self, "&Export PNG…", self.choose_export, "Ctrl+E")
         file_menu.addAction(self.export_action)
@@ -309,6 +312,7 @@ class MainWindow(QMainWindow):
         if request is None:
             return None
         self.job_id = self.link.submit(request)
+        self.job_title = self.methods[request.method].title
         self._set_running(True)
         self._set_staged(None)
         self.progress_bar.setRange(0, 0)
@@ -348,7 +352,8 @@ class MainWindow(QMainWindow):
     def _finish_job(self, stage: str) -> None:
         self.job_id = None
         self._set_running(False)
-        self.progress_bar.setRange(0, max(1, self.progress_bar.maximum()))
+        if self.progress_bar.maximum() == 0:  # still a busy indicator: the job ended before any progress
+            self.progress_bar.setRange(0, 1)
         self.stage_label.setText(stage)
         self.backend_state.setText(f"Backend: ready — {len(self.methods)} methods")
 
@@ -376,8 +381,7 @@ class MainWindow(QMainWindow):
 
     def _on_started(self, job_id: str, _message: str) -> None:
         if job_id == self.job_id:
-            title = self.current_method().title if self.current_method() else ""
-            self.backend_state.setText(f"Backend: running {title}")
+            self.backend_state.setText(f"Backend: running {self.job_title}")
             self.stage_label.setText("started")
 
     def _on_progress(self, job_id: str, step: int, total: int, stage: str) -> None:
@@ -464,7 +468,7 @@ def _pane(*widgets: QWidget) -> QWidget:
 
 def _action(parent: QWidget, text: str, slot: object, *shortcuts: QKeySequence | str) -> QAction:
     action = QAction(text, parent)
-    action.setShortcuts([QKeySequence(s) if isinstance(s, str) else QKeySequence(s) for s in shortcuts])
+    action.setShortcuts([QKeySequence(shortcut) for shortcut in shortcuts])
     action.triggered.connect(slot)
     parent.addAction(action)
     return action

@@ -199,8 +199,9 @@ def test_queries_answer_methods_and_models(run_job):
 
 @pytest.fixture
 def masked_method():
-    @method(id="test-masked", title="Masked", description="", families=("sd1",), inputs=("image", "mask:object"),
-            params=())
+    @method(
+        id="test-masked", title="Masked", description="", families=("sd1",), inputs=("image", "mask:object"), params=()
+    )
     def run(engine, request, report):
         return MethodResult(request.image)
 

@@ -149,7 +149,11 @@ def test_download_progress_reaches_the_job(monkeypatch, tmp_path):
     monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
     folder = loading.download_from_hub("owner/model", torch.float16, lambda *a: reported.append(a))
     assert folder == tmp_path
-    assert reported == [("downloading model", 100, 300), ("downloading model", 200, 300), ("downloading model", 300, 300)]
+    assert reported == [
+        ("downloading model", 100, 300),
+        ("downloading model", 200, 300),
+        ("downloading model", 300, 300),
+    ]
 
 
 def test_single_file_offline_without_configs_says_what_to_do(tmp_path, monkeypatch):
