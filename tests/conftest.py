@@ -39,6 +39,14 @@ def tiny_xl():
     return load_model("tiny-xl", device="cpu")
 
 
+@pytest.fixture(scope="module")
+def unet():
+    """The tiny sd1 UNet (SD-shaped: cross-attention in two down and two up blocks, 8x8 latents), fresh per module."""
+    from backend.models.tiny import build_tiny
+
+    return build_tiny("sd1").unet
+
+
 @pytest.fixture
 def engine(tiny):
     from backend.engine.context import Engine

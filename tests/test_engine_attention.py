@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import UNet2DConditionModel
 
 from backend.engine.attention import (
     AttentionController,
@@ -24,28 +23,6 @@ from backend.engine.attention import (
 )
 
 TOKENS = 7
-
-
-def tiny_unet() -> UNet2DConditionModel:
-    """SD-shaped: cross-attention in two down and two up blocks, none at the lowest resolution; 8x8 latents."""
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64, 64),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-    )
-    return unet.eval()
-
-
-@pytest.fixture(scope="module")
-def unet() -> UNet2DConditionModel:
-    return tiny_unet()
 
 
 @pytest.fixture()

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, UNet2DConditionModel
+from diffusers import DDIMScheduler
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -26,28 +26,6 @@ from backend.engine.previews import (
     fit_latent_rgb_factors,
     latent_to_rgb,
 )
-
-
-def tiny_unet() -> UNet2DConditionModel:
-    """SD-shaped UNet with 8x8 latents (cross-attention in two down and two up blocks)."""
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64, 64),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-    )
-    return unet.eval()
-
-
-@pytest.fixture(scope="module")
-def unet() -> UNet2DConditionModel:
-    return tiny_unet()
 
 
 def unet_inputs(batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
