@@ -144,12 +144,13 @@ class MainWindow(QMainWindow):
         self._connect_link()
         self._set_running(False)
         self._set_staged(None)
+        self._on_method_changed()
         self.export_action.setEnabled(False)
 
     # --- construction --------------------------------------------------------------------------------------
 
     def _build_views(self) -> QSplitter:
-        self.image_view = ImageView("Open an image (File > Open, Ctrl+O) or a sample (File > Open Sample).")
+        self.image_view = ImageView("Open an image (File > Open Image, Ctrl+O) or a sample (File > Open Sample).")
         self.staging_view = ImageView("Previews of a running edit and its result appear here.")
         self.staging_label = QLabel("Staging")
         self.accept_button = QPushButton("Accept")
@@ -182,7 +183,7 @@ class MainWindow(QMainWindow):
         self.progress_bar.setFormat("%v / %m")
         self.stage_label = QLabel()
         form = QFormLayout()
-        form.addRow("Method", self.method_combo)
+        form.addRow(self.method_combo)
         form.addRow(self.method_description)
         form.addRow("Prompt", self.target_prompt)
         form.addRow("Source prompt", self.source_prompt)
@@ -375,6 +376,7 @@ class MainWindow(QMainWindow):
     def _on_method_changed(self) -> None:
         method = self.current_method()
         self.method_description.setText(method.description if method else "")
+        self.method_description.setVisible(method is not None)
         self.method_combo.setToolTip(method.description if method else "")
         for field, box in (("target_prompt", self.target_prompt), ("source_prompt", self.source_prompt)):
             _describe_input(box, method, field)
@@ -442,8 +444,11 @@ class MainWindow(QMainWindow):
 
 def _describe_input(box: QLineEdit, method: MethodInfo | None, field: str) -> None:
     """Enable a prompt box only for methods that use it, and say whether it is required."""
-    required = method is not None and field in method.inputs
-    optional = method is not None and field in method.optional_inputs
+    if method is None:
+        box.setEnabled(False)
+        box.setPlaceholderText("waiting for the backend…")
+        return
+    required, optional = field in method.inputs, field in method.optional_inputs
     box.setEnabled(required or optional)
     box.setPlaceholderText("required" if required else "optional" if optional else "not used by this method")
 
