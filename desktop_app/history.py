@@ -1,0 +1,116 @@
+"""Undo commands: every document change the user makes goes through one of these on the window's QUndoStack.
+
+Each command calls the Document's own mutation methods (which validate and emit events), so undo/redo and the
+canvas/panels never disagree about what changed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PySide6.QtGui import QUndoCommand
+
+from desktop_app.document import Document, Layer
+
+
+class AddLayer(QUndoCommand):
+    def __init__(self, document: Document, layer: Layer, index: int | None = None, text: str = "") -> None:
+        super().__init__(text or f"Add {layer.kind} layer '{layer.name}'")
+        self.document, self.layer, self.index = document, layer, index
+        self._previous_active: str | None = None
+
+    def redo(self) -> None:
+        self._previous_active = self.document.active_id
+        self.document.add_layer(self.layer, self.index)
+
+    def undo(self) -> None:
+        _, self.index = self.document.remove_layer(self.layer.id)
+        if self._previous_active and any(layer.id == self._previous_active for layer in self.document.layers):
+            self.document.set_active(self._previous_active)
+
+
+class RemoveLayer(QUndoCommand):
+    def __init__(self, document: Document, layer_id: str) -> None:
+        layer = document.layer(layer_id)
+        super().__init__(f"Delete layer '{layer.name}'")
+        self.document, self.layer = document, layer
+        self.index = document.index_of(layer_id)
+
+    def redo(self) -> None:
+        self.document.remove_layer(self.layer.id)
+
+    def undo(self) -> None:
+        self.document.add_layer(self.layer, self.index)
+
+
+class MoveLayer(QUndoCommand):
+    def __init__(self, document: Document, layer_id: str, index: int) -> None:
+        super().__init__(f"Move layer '{document.layer(layer_id).name}'")
+        self.document, self.layer_id, self.index = document, layer_id, index
+        self.old_index = document.index_of(layer_id)
+
+    def redo(self) -> None:
+        self.old_index = self.document.move_layer(self.layer_id, self.index)
+
+    def undo(self) -> None:
+        self.document.move_layer(self.layer_id, self.old_index)
+
+
+class SetProperty(QUndoCommand):
+    """One property of one layer. Consecutive changes of the same property (an opacity slider drag) merge."""
+
+    MERGE_ID = 1001
+
+    def __init__(self, document: Document, layer_id: str, name: str, value: Any, text: str = "") -> None:
+        layer = document.layer(layer_id)
+        super().__init__(text or f"Change {name} of '{layer.name}'")
+        self.document, self.layer_id, self.name = document, layer_id, name
+        self.value, self.old = value, getattr(layer, name)
+
+    def redo(self) -> None:
+        self.old = self.document.set_property(self.layer_id, self.name, self.value)
+
+    def undo(self) -> None:
+        self.document.set_property(self.layer_id, self.name, self.old)
+
+    def id(self) -> int:
+        return self.MERGE_ID if self.name == "opacity" else -1
+
+    def mergeWith(self, other: QUndoCommand) -> bool:  # noqa: N802 - Qt's name
+        if not isinstance(other, SetProperty) or (other.layer_id, other.name) != (self.layer_id, self.name):
+            return False
+        self.value = other.value
+        return True
+
+
+class PaintPatch(QUndoCommand):
+    """Pixels of one layer inside one rectangle, before and after: one brush stroke, fill, invert or clear.
+
+    A tool paints live while the mouse moves, then pushes this with the pixels from before the stroke; the first
+    redo() (which Qt calls on push) must not paint again, so it only writes when asked to.
+    """
+
+    def __init__(
+        self,
+        document: Document,
+        layer_id: str,
+        origin: tuple[int, int],
+        before: np.ndarray,
+        after: np.ndarray,
+        text: str,
+        already_applied: bool = True,
+    ) -> None:
+        super().__init__(text)
+        self.document, self.layer_id, self.origin = document, layer_id, origin
+        self.before, self.after = before, after
+        self._skip_first_redo = already_applied
+
+    def redo(self) -> None:
+        if self._skip_first_redo:
+            self._skip_first_redo = False
+            return
+        self.document.write_patch(self.layer_id, *self.origin, self.after)
+
+    def undo(self) -> None:
+        self.document.write_patch(self.layer_id, *self.origin, self.before)
