@@ -58,15 +58,21 @@ class MoveLayer(QUndoCommand):
 
 
 class SetProperty(QUndoCommand):
-    """One property of one layer. Consecutive changes of the same property (an opacity slider drag) merge."""
+    """One property of one layer. Consecutive changes of the same property (an opacity slider drag) merge.
+
+    `merge_key` names the gesture a change belongs to: only changes with equal keys merge, so two separate slider
+    drags stay two undo steps (the default None merges every consecutive change, as before)."""
 
     MERGE_ID = 1001
 
-    def __init__(self, document: Document, layer_id: str, name: str, value: Any, text: str = "") -> None:
+    def __init__(
+        self, document: Document, layer_id: str, name: str, value: Any, text: str = "", merge_key: object = None
+    ) -> None:
         layer = document.layer(layer_id)
         super().__init__(text or f"Change {name} of '{layer.name}'")
-        self.document, self.layer_id, self.name = document, layer_id, name
-        self.value, self.old = value, getattr(layer, name)
+        self.document, self.layer_id, self.name, self.merge_key = document, layer_id, name, merge_key
+        # Validate now: a ValueError raised inside push()'s redo() would still leave this command on the stack.
+        self.value, self.old = document.validate_property(layer_id, name, value), getattr(layer, name)
 
     def redo(self) -> None:
         self.old = self.document.set_property(self.layer_id, self.name, self.value)
@@ -78,7 +84,9 @@ class SetProperty(QUndoCommand):
         return self.MERGE_ID if self.name == "opacity" else -1
 
     def mergeWith(self, other: QUndoCommand) -> bool:  # noqa: N802 - Qt's name
-        if not isinstance(other, SetProperty) or (other.layer_id, other.name) != (self.layer_id, self.name):
+        if not isinstance(other, SetProperty):
+            return False
+        if (other.layer_id, other.name, other.merge_key) != (self.layer_id, self.name, self.merge_key):
             return False
         self.value = other.value
         return True

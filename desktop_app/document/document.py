@@ -85,7 +85,8 @@ class Document:
 
     @property
     def active_layer(self) -> Layer | None:
-        return self.layer(self.active_id) if self.active_id else None
+        # None, not KeyError, while layer_removed observers run: active_id still names the removed layer then.
+        return next((layer for layer in self.layers if layer.id == self.active_id), None)
 
     def layers_of(self, kind: type[Layer]) -> list[Layer]:
         return [layer for layer in self.layers if isinstance(layer, kind)]
@@ -133,12 +134,19 @@ class Document:
 
     # --- properties -------------------------------------------------------------------------------------
 
-    def set_property(self, layer_id: str, name: str, value: Any) -> Any:
-        """Validate and set one editable property; returns the old value (for undo)."""
+    def validate_property(self, layer_id: str, name: str, value: Any) -> Any:
+        """The value `set_property` would store, or the ValueError it would raise; changes nothing.
+
+        Undo commands call this before they reach the stack: a refused value must not leave an empty step."""
         layer = self.layer(layer_id)
         if name not in layer.editable:
             raise ValueError(f"{layer.kind} layers have no editable property {name!r}")
-        value = _validated(layer, name, value, self.size)
+        return _validated(layer, name, value, self.size)
+
+    def set_property(self, layer_id: str, name: str, value: Any) -> Any:
+        """Validate and set one editable property; returns the old value (for undo)."""
+        value = self.validate_property(layer_id, name, value)
+        layer = self.layer(layer_id)
         old = getattr(layer, name)
         setattr(layer, name, value)
         self.events.layer_changed(layer=layer, attribute=name, old=old, new=value)
@@ -148,16 +156,20 @@ class Document:
     # --- pixels -----------------------------------------------------------------------------------------
 
     def write_patch(self, layer_id: str, x: int, y: int, patch: np.ndarray) -> np.ndarray:
-        """Replace the pixels under `patch` (clipped to the layer); returns the pixels it replaced."""
+        """Replace the pixels under `patch` (clipped to the layer); returns the pixels it replaced.
+
+        The returned array has the patch's shape (where the patch hangs over the edge it holds the patch's own
+        pixels, which were never written), so `write_patch(layer_id, x, y, old)` undoes this call exactly."""
         array = self._pixel_array(layer_id)
+        if patch.ndim != array.ndim or patch.shape[2:] != array.shape[2:] or patch.dtype != array.dtype:
+            raise ValueError(f"patch of shape {patch.shape} {patch.dtype} does not fit {array.shape} {array.dtype}")
         height, width = array.shape[:2]
         x0, y0 = max(0, x), max(0, y)
         x1, y1 = min(width, x + patch.shape[1]), min(height, y + patch.shape[0])
+        old = patch.copy()
         if x0 >= x1 or y0 >= y1:
-            return array[0:0, 0:0].copy()
-        if patch.shape[2:] != array.shape[2:] or patch.dtype != array.dtype:
-            raise ValueError(f"patch of shape {patch.shape} {patch.dtype} does not fit {array.shape} {array.dtype}")
-        old = array[y0:y1, x0:x1].copy()
+            return old
+        old[y0 - y : y1 - y, x0 - x : x1 - x] = array[y0:y1, x0:x1]
         array[y0:y1, x0:x1] = patch[y0 - y : y1 - y, x0 - x : x1 - x]
         self.events.pixels_changed(layer=self.layer(layer_id), rect=(x0, y0, x1 - x0, y1 - y0))
         self.set_modified(True)
