@@ -1,4 +1,4 @@
-"""`python -m backend …`: list-methods, describe, edit, bench.
+"""`python -m backend …`: list-methods, describe, edit, bench, train-toyworld.
 
 `edit` goes through the same client and worker process as the GUI; its method flags are built from the
 method's ParamSpecs, so every parameter the GUI shows is a flag here too.
@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--dtype", default="auto")
     bench.add_argument("--json", type=Path, help="also write the results as JSON here")
     bench.set_defaults(handler=_bench)
+    # prefix_chars="+": every flag passes through untouched to the trainer's own parser (and its --help).
+    train = commands.add_parser(
+        "train-toyworld", help="train the embedded toy-world model (see its --help)", prefix_chars="+", add_help=False
+    )
+    train.add_argument("trainer_args", nargs="*")
+    train.set_defaults(handler=_train_toyworld)
     return parser
 
 
@@ -317,3 +323,12 @@ def _bench(args: argparse.Namespace) -> int:
     from backend.bench import run_bench
 
     return run_bench(args)
+
+
+# --- train-toyworld ----------------------------------------------------------------------------------------
+
+
+def _train_toyworld(args: argparse.Namespace) -> int:
+    from backend.models.toyworld.train import main as train_main
+
+    return train_main(args.trainer_args)

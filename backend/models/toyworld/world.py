@@ -8,7 +8,8 @@ and rough position; `ground_truth` gives each object's mask, colour, shape, cent
 Design choices that keep the world learnable by a tiny model and judgeable by simple image analysis:
 - object colours are saturated hues, background colours are (near-)neutral, so "which pixels are objects" is
   a chroma question even on textured backgrounds; colours within one scene are distinct;
-- patterned fills put the object colour on white, so the pattern's second colour is never another hue;
+- patterned fills alternate the object colour with its own tint (40% towards white), so a pattern never shows a
+  second hue and a blend of the two still reads as the object's colour;
 - objects never overlap and two-object scenes are laid out along one clear axis, so "left of"/"above" are
   never ambiguous;
 - textures and fills have fixed phase (anchored to the image or the object), so a caption fully determines the
@@ -24,7 +25,8 @@ import numpy as np
 
 RGB = tuple[int, int, int]
 
-# Saturated hues, pairwise >= ~35 apart in CIELAB so a generated image's colour drift stays classifiable.
+# Saturated hues: with their pattern tints, pairwise >= 22 apart in CIELAB (lightness weighted 0.5, as the judge
+# measures), so a generated image's colour drift stays classifiable.
 COLOURS: dict[str, RGB] = {
     "red": (215, 35, 35),
     "orange": (245, 135, 15),
@@ -38,7 +40,7 @@ COLOURS: dict[str, RGB] = {
 SHAPES = ("circle", "square", "triangle", "star", "ring", "cross")
 SIZES: dict[str, float] = {"small": 0.12, "big": 0.2}  # object "radius" as a fraction of the image side
 FILLS = ("solid", "striped", "dotted")
-PATTERN_RGB: RGB = (250, 250, 250)  # the second colour of striped / dotted fills
+PATTERN_TINT = 0.4  # the second colour of striped / dotted fills: the object colour this far towards white
 
 # (base, second tone): textures alternate or blend the two; the second tone stays neutral too.
 BACKGROUND_COLOURS: dict[str, tuple[RGB, RGB]] = {
@@ -57,11 +59,10 @@ REGIONS = (
 )
 
 _SUPERSAMPLE = 4
-_EXTENT = 1.1  # every shape fits in a square of half-side _EXTENT * R around its centre
 _MARGIN = 0.03  # objects keep this far (image units) from the border, so border pixels are background
 _GAP = 0.04  # and this far from each other
 _TEXTURE_CELLS = 8  # background stripes / checker cells per image side
-_PATTERN_CELLS = 16  # object stripe / dot periods per image side
+_PATTERN_CELLS = 12  # object stripe / dot periods per image side (~11 px at 128: coarse enough for 8x latents)
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class SceneObject:
     colour: str
     size: str
     fill: str
-    x: float  # centre, image units in [0, 1], x to the right
+    x: float  # centroid of the shape's area, image units in [0, 1], x to the right
     y: float  # y downwards, as in image rows
 
     @property
@@ -99,7 +100,7 @@ class ObjectTruth:
     size: str
     fill: str
     mask: np.ndarray  # bool (H, W)
-    centroid: tuple[float, float]  # (x, y) in pixels
+    centroid: tuple[float, float]  # (x, y) in pixel indices (pixel centres at integers)
     bbox: tuple[int, int, int, int]  # (x0, y0, x1, y1), x1/y1 exclusive
     area: int
 
@@ -129,7 +130,8 @@ def _sample_objects(rng: np.random.Generator, n_objects: int) -> tuple[SceneObje
     reaches = [_REACH[shape] * SIZES[size] for shape, size in zip(shapes, sizes)]
     centres: list[tuple[float, float]] = []
     for index, size in enumerate(sizes):
-        centre = _place(rng, SIZES[size], reaches[index], centres, reaches[:index])
+        half_side = _EXTENTS[shapes[index]] * SIZES[size]
+        centre = _place(rng, half_side, reaches[index], centres, reaches[:index])
         if centre is None:
             return None
         centres.append(centre)
@@ -140,14 +142,12 @@ def _sample_objects(rng: np.random.Generator, n_objects: int) -> tuple[SceneObje
 
 
 def _place(
-    rng: np.random.Generator, radius: float, reach: float, centres: list[tuple[float, float]], reaches: list[float]
+    rng: np.random.Generator, half_side: float, reach: float, centres: list[tuple[float, float]], reaches: list[float]
 ) -> tuple[float, float] | None:
-    low, high = _MARGIN + _EXTENT * radius, 1 - _MARGIN - _EXTENT * radius
+    low, high = _MARGIN + half_side, 1 - _MARGIN - half_side
     for _ in range(200):
         x, y = rng.uniform(low, high, size=2)
-        clear = all(
-            math.hypot(x - cx, y - cy) >= reach + other + _GAP for (cx, cy), other in zip(centres, reaches)
-        )
+        clear = all(math.hypot(x - cx, y - cy) >= reach + other + _GAP for (cx, cy), other in zip(centres, reaches))
         # Two objects: one axis must clearly dominate, so the caption's relation is unambiguous.
         if clear and (len(centres) != 1 or _dominant_axis(centres[0], (x, y)) is not None):
             return float(x), float(y)
@@ -261,7 +261,7 @@ def render_background(background: Background, size: int) -> np.ndarray:
 
 def _paint_object(canvas: np.ndarray, obj: SceneObject, size: int) -> np.ndarray:
     """Composite `obj` onto `canvas` in place (anti-aliased by 4x4 supersampling); return its mask."""
-    extent = _EXTENT * obj.radius * size
+    extent = _EXTENTS[obj.shape] * obj.radius * size
     x0, x1 = max(int(obj.x * size - extent) - 1, 0), min(int(obj.x * size + extent) + 2, size)
     y0, y1 = max(int(obj.y * size - extent) - 1, 0), min(int(obj.y * size + extent) + 2, size)
     ss = _SUPERSAMPLE
@@ -274,7 +274,7 @@ def _paint_object(canvas: np.ndarray, obj: SceneObject, size: int) -> np.ndarray
     inside = shape_mask(obj.shape, u, v)
     colour = np.array(COLOURS[obj.colour], np.float32)
     pattern = _pattern_mask(obj, u, v)
-    fill = np.where(pattern[..., None], np.array(PATTERN_RGB, np.float32), colour)
+    fill = np.where(pattern[..., None], np.array(tint(COLOURS[obj.colour]), np.float32), colour)
     coverage = _pool(inside.astype(np.float32), ss)
     painted = _pool(fill * inside[..., None], ss)
     box = canvas[y0:y1, x0:x1]
@@ -284,6 +284,11 @@ def _paint_object(canvas: np.ndarray, obj: SceneObject, size: int) -> np.ndarray
     return mask
 
 
+def tint(rgb: RGB) -> RGB:
+    """The second colour of a patterned fill."""
+    return tuple(int(round(c + (255 - c) * PATTERN_TINT)) for c in rgb)  # type: ignore[return-value]
+
+
 def _pool(samples: np.ndarray, ss: int) -> np.ndarray:
     """Average ss x ss blocks: supersampled -> pixel resolution."""
     h, w = samples.shape[0] // ss, samples.shape[1] // ss
@@ -291,13 +296,13 @@ def _pool(samples: np.ndarray, ss: int) -> np.ndarray:
 
 
 def _pattern_mask(obj: SceneObject, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Where the white second colour of a patterned fill shows; periods are fixed in image units."""
+    """Where the tint of a patterned fill shows; periods are fixed in image units."""
     period = 1.0 / _PATTERN_CELLS / obj.radius  # in radius units
     if obj.fill == "solid":
         return np.zeros(u.shape, bool)
     if obj.fill == "striped":
         # Horizontal bands anchored to the object's top, colour first: the silhouette edge stays coloured.
-        return np.floor((v + _EXTENT) / (period / 2)) % 2 == 1
+        return np.floor((v + _EXTENTS[obj.shape]) / (period / 2)) % 2 == 1
     if obj.fill == "dotted":
         du = (u / period) - np.round(u / period)
         dv = (v / period) - np.round(v / period)
@@ -313,18 +318,29 @@ def _polygon(points: list[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]
 def _star(points: int = 5, outer: float = 1.12, inner: float = 0.48) -> tuple[np.ndarray, np.ndarray]:
     angles = -math.pi / 2 + np.arange(2 * points) * math.pi / points
     radii = np.where(np.arange(2 * points) % 2 == 0, outer, inner)
-    return (radii * np.cos(angles)).astype(np.float32), (radii * np.sin(angles) + 0.1).astype(np.float32)
+    return (radii * np.cos(angles)).astype(np.float32), (radii * np.sin(angles)).astype(np.float32)
 
 
 _ARM = 0.36
 _POLYGONS = {
     "square": _polygon([(-0.88, -0.88), (0.88, -0.88), (0.88, 0.88), (-0.88, 0.88)]),
-    "triangle": _polygon([(0.0, -0.95), (1.08, 0.9), (-1.08, 0.9)]),
+    # Centred on its centroid (not its bbox), like every shape: an object's (x, y) is where the eye puts it.
+    "triangle": _polygon([(0.0, -1.233), (1.08, 0.617), (-1.08, 0.617)]),
     "star": _star(),
     "cross": _polygon(
         [
-            (-_ARM, -1), (_ARM, -1), (_ARM, -_ARM), (1, -_ARM), (1, _ARM), (_ARM, _ARM),
-            (_ARM, 1), (-_ARM, 1), (-_ARM, _ARM), (-1, _ARM), (-1, -_ARM), (-_ARM, -_ARM),
+            (-_ARM, -1),
+            (_ARM, -1),
+            (_ARM, -_ARM),
+            (1, -_ARM),
+            (1, _ARM),
+            (_ARM, _ARM),
+            (_ARM, 1),
+            (-_ARM, 1),
+            (-_ARM, _ARM),
+            (-1, _ARM),
+            (-1, -_ARM),
+            (-_ARM, -_ARM),
         ]  # fmt: skip
     ),
 }
@@ -338,7 +354,16 @@ def _reach(shape: str) -> float:
     return 1.0
 
 
+def _extent(shape: str) -> float:
+    """Half-side of the smallest centred square holding the shape, in radius units."""
+    if shape in _POLYGONS:
+        px, py = _POLYGONS[shape]
+        return float(max(np.abs(px).max(), np.abs(py).max()))
+    return 1.0
+
+
 _REACH = {shape: _reach(shape) for shape in SHAPES}
+_EXTENTS = {shape: _extent(shape) for shape in SHAPES}
 
 
 def shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:

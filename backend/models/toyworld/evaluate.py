@@ -1,0 +1,156 @@
+"""Measure a trained toy-world model against issue #3's bar, with the judge (backend/eval/toyworld.py):
+
+- generations from held-out captions: one-object colour >= 95 % and shape >= 85 %, two-object both right >= 75 %;
+- VAE reconstruction PSNR >= 30 dB; 50-step DDIM inversion -> reconstruction PSNR >= 27 dB;
+- cross-attention maps of the shape word (up_blocks.1/2, recorded while reconstructing) overlap the object:
+  IoU >= 0.5 of the map thresholded at half its maximum;
+- seconds for one 50-step 128 px generation with CFG on the CPU (aim <= 10 s on 2 cores).
+
+Everything goes through the app's own engine (Engine, DDIM loop, inversion, attention controller), so these
+numbers are what the methods will see.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from backend.engine.attention import AttentionStore, RecordMaps, attention_layers, controlled
+from backend.engine.conditioning import token_indices
+from backend.engine.context import Engine
+from backend.engine.inversion import ddim_invert
+from backend.engine.sampling import denoise, guided_predictor, make_scheduler
+from backend.eval.toyworld import detect_objects, mask_iou, match
+from backend.models.bundle import ModelBundle
+from backend.models.toyworld.world import caption, ground_truth, render, scene_for_seed
+
+log = logging.getLogger(__name__)
+
+HELD_OUT_SEED = 990_001  # scenes no training run draws (training uses small seeds)
+
+
+@torch.no_grad()
+def generate(
+    engine: Engine, prompts: list[str], steps: int = 50, guidance: float = 5.0, seed: int = 0, batch: int = 50
+) -> np.ndarray:
+    """uint8 (N, S, S, 3): DDIM samples of `prompts`, sample i from noise seed `seed + i`."""
+    size, factor = engine.bundle.default_size, engine.bundle.vae_scale_factor
+    images = []
+    for start in range(0, len(prompts), batch):
+        chunk = prompts[start : start + batch]
+        cond, uncond = engine.encode_prompts(chunk), engine.encode_prompts([""] * len(chunk))
+        shape = (1, engine.unet.config.in_channels, size // factor, size // factor)
+        latents = torch.cat([engine.randn(shape, seed + start + i) for i in range(len(chunk))])
+        scheduler = make_scheduler(engine, steps)
+        predict = guided_predictor(engine, cond, uncond, guidance)
+        latents = denoise(engine, latents, scheduler, scheduler.timesteps, predict, stage="evaluating")
+        images.append(decode(engine, latents))
+    return np.concatenate(images)
+
+
+@torch.no_grad()
+def decode(engine: Engine, latents: torch.Tensor) -> np.ndarray:
+    vae = engine.bundle.vae
+    pixels = vae.decode(latents.to(vae.dtype) / engine.bundle.latent_scaling).sample.float().clamp(-1, 1)
+    return ((pixels + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
+def judge_generations(engine: Engine, count: int = 200, steps: int = 50, guidance: float = 5.0) -> dict:
+    """Judge accuracy on `count` one-object and `count` two-object captions of held-out scenes."""
+    report = {}
+    for objects in (1, 2):
+        scenes = [scene_for_seed(HELD_OUT_SEED + objects, i, n_objects=objects) for i in range(count)]
+        images = generate(engine, [caption(s) for s in scenes], steps, guidance)
+        colour, shape, right = [], [], []
+        for image, scene in zip(images, scenes):
+            truth = ground_truth(scene, image.shape[0])
+            paired = match(detect_objects(image), truth)
+            colour += [d is not None and d.colour == t.colour for d, t in zip(paired, truth)]
+            shape += [d is not None and d.colour == t.colour and d.shape == t.shape for d, t in zip(paired, truth)]
+            right.append(all(shape[-len(truth) :]))
+        key = "one_object" if objects == 1 else "two_objects"
+        report[key] = {
+            "colour": float(np.mean(colour)),
+            "shape": float(np.mean(shape)),
+            "all_right": float(np.mean(right)),
+        }
+    return report
+
+
+@torch.no_grad()
+def vae_psnr(engine: Engine, count: int = 200) -> float:
+    images = np.stack([render(scene_for_seed(HELD_OUT_SEED, i), engine.bundle.default_size)[0] for i in range(count)])
+    decoded = np.concatenate(
+        [decode(engine, _encode(engine, chunk)) for chunk in np.array_split(images, max(1, count // 50))]
+    )
+    return float(psnr(decoded, images))
+
+
+def _encode(engine: Engine, images: np.ndarray) -> torch.Tensor:
+    return torch.cat([engine.encode_image(image) for image in images])
+
+
+def inversion_and_attention(engine: Engine, count: int = 20, steps: int = 50) -> dict:
+    """DDIM-invert renders with their captions (no CFG), regenerate them while recording the cross-attention of
+    up_blocks.1/2, and measure reconstruction PSNR and the IoU of the shape word's map with the true mask."""
+    layers = attention_layers(engine.unet, "cross", blocks=("up_blocks.1", "up_blocks.2"))
+    psnrs, ious = [], []
+    for index in range(count):
+        scene = scene_for_seed(HELD_OUT_SEED + 3, index, n_objects=1)
+        image, masks = render(scene, engine.bundle.default_size)
+        prompt = caption(scene)
+        cond = engine.encode_prompts([prompt])
+        trajectory = ddim_invert(engine, engine.encode_image(image), cond, steps)
+        store = AttentionStore(kind="cross", per_step=False, running_sum=True)
+        with torch.no_grad(), controlled(engine.unet, {layer: RecordMaps(store) for layer in layers}):
+            scheduler = make_scheduler(engine, steps)
+            predict = guided_predictor(engine, cond, None, 1.0)
+            latents = denoise(engine, trajectory[-1], scheduler, scheduler.timesteps, predict)
+        psnrs.append(psnr(decode(engine, latents)[0], image))
+        token = token_indices(engine.bundle, prompt, scene.objects[0].shape)[0]
+        ious.append(mask_iou(word_map(store, layers, token, image.shape[0]) >= 0.5, masks[0]))
+    return {"inversion_psnr": float(np.mean(psnrs)), "cross_attention_iou": float(np.mean(ious))}
+
+
+def word_map(store: AttentionStore, layers: list[str], token: int, size: int) -> np.ndarray:
+    """A token's cross-attention averaged over layers and steps, upsampled to `size`, scaled to max 1."""
+    total = torch.zeros(size, size)
+    for layer in layers:
+        probs = store.mean(layer)[0, :, token].float().cpu()  # (query pixels,)
+        side = int(round(probs.numel() ** 0.5))
+        grid = probs.reshape(1, 1, side, side)
+        total += F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+    return (total / total.max().clamp_min(1e-12)).numpy()
+
+
+def sampling_seconds(engine: Engine, steps: int = 50, threads: int = 2) -> float:
+    """Wall time of one CFG generation at the native size on the CPU with `threads` threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        generate(engine, ["a big red circle in the center on a plain white background"], steps)  # warm-up
+        began = time.perf_counter()
+        generate(engine, ["a small blue striped star left of a big yellow ring"], steps)
+        return time.perf_counter() - began
+    finally:
+        torch.set_num_threads(previous)
+
+
+def evaluate(bundle: ModelBundle, cpu_bundle: ModelBundle | None = None, count: int = 200, steps: int = 50) -> dict:
+    """All of the issue's figures for one loaded model (`cpu_bundle`: the same model on the CPU, for timing)."""
+    engine = Engine(bundle)
+    results = {"judge": judge_generations(engine, count, steps), "vae_psnr": vae_psnr(engine, count)}
+    results.update(inversion_and_attention(engine, max(1, count // 10), steps))
+    if cpu_bundle is not None:
+        results["cpu_seconds_per_image"] = sampling_seconds(Engine(cpu_bundle), steps)
+    log.info("evaluation: %s", results)
+    return results
