@@ -145,11 +145,13 @@ def save_diffusers_folder(bundle: ModelBundle, folder: str | Path) -> Path:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    bundle.unet.save_pretrained(folder / "unet", safe_serialization=True)
-    bundle.vae.save_pretrained(folder / "vae", safe_serialization=True)
+    # Shards of <= 15 MB: every file fits the device tool's 16 MiB return limit and stays git-friendly.
+    shard = "15MB"
+    bundle.unet.save_pretrained(folder / "unet", safe_serialization=True, max_shard_size=shard)
+    bundle.vae.save_pretrained(folder / "vae", safe_serialization=True, max_shard_size=shard)
     suffixes = ["", "_2"][: len(bundle.text_encoders)]
     for suffix, encoder, tokenizer in zip(suffixes, bundle.text_encoders, bundle.tokenizers):
-        encoder.save_pretrained(folder / f"text_encoder{suffix}", safe_serialization=True)
+        encoder.save_pretrained(folder / f"text_encoder{suffix}", safe_serialization=True, max_shard_size=shard)
         tokenizer.save_pretrained(folder / f"tokenizer{suffix}")
     DDIMScheduler.from_config(bundle.scheduler_config).save_pretrained(folder / "scheduler")
     pipeline = "StableDiffusionXLPipeline" if bundle.family == "sdxl" else "StableDiffusionPipeline"

@@ -37,6 +37,13 @@ small, where the GPU is launch-bound: measure the first 200 steps of each stage 
 - cache: rendering 200k scenes with 14 worker processes ~2 min, encoding < 1 min (~200 MB of fp16 latents).
 - UNet: ~15-20 steps/s at batch 256 in bf16 -> 40000 steps (~10M samples, ~50 passes over the cache) in
   35-45 min. Check the judge's figures on 200 samples (backend/eval/toyworld.py) at 20k steps before going on.
+
+Fitting a lent GPU session (30 min of device time in all, 10 min per command, files back <= 16 MiB each):
+run the same command several times with `--max-minutes 9` and the same `--work-dir` inside the repo's ignored
+`toyworld-work/` (the warm machine keeps it between calls); stages resume where the last call stopped. Budget
+~3 min VAE, ~2 min cache, ~12-15 min UNet (about 10-15k steps at batch 256 if the estimate above holds), then
+export + evaluate, and copy the exported folder to $OUT. Weight files are written in shards of at most 15 MB
+(`save_diffusers_folder`), so every file comes back through the device tool and stays diff-friendly in git.
 """
 
 from __future__ import annotations
