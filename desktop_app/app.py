@@ -10,12 +10,20 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing
+import os
 import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+# --measure-startup also counts from here (a few stdlib imports in: microseconds), for systems without /proc.
+IMPORTED_AT = time.perf_counter()
 
 logger = logging.getLogger(__name__)
 
 SMOKE_TEST_TIMEOUT_S = 120
+FIRST_PAINT_FALLBACK_MS = 2000  # start the backend anyway if a platform never reports a paint
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,12 +43,17 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
     parser = argparse.ArgumentParser(prog="atelier", description="Training-free diffusion image editing.")
     parser.add_argument("--image", metavar="PATH", help="image to open at start")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model id or folder (default: {DEFAULT_MODEL})")
+    parser.add_argument("--model", help=f"model id or folder (default: the one in the settings, {DEFAULT_MODEL})")
     parser.add_argument("--device", default="auto", help="backend device: auto, cuda, mps or cpu")
     parser.add_argument(
         "--smoke-test",
         action="store_true",
         help="open the window, wait for the backend's method list, print a summary and quit (0 = ok)",
+    )
+    parser.add_argument(
+        "--measure-startup",
+        action="store_true",
+        help="print the seconds from process start until the window's first paint, then quit",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser.parse_known_args(argv)
@@ -57,17 +70,78 @@ def run_gui(args: argparse.Namespace, qt_args: list[str]) -> int:
     app.setOrganizationName("Atelier")
     link = BackendLink(settings={"device": args.device})
     window = MainWindow(link, model=args.model)
+    window_built = time.perf_counter()
+
+    def after_first_paint() -> None:
+        if args.measure_startup:
+            _report_startup(window_built)
+            app.exit(0)
+            return
+        # The backend (a process that imports torch) starts only now, so it never delays the window.
+        link.start()
+        link.request_methods()
+        if not args.smoke_test:  # a smoke test must never wait on a dialog
+            window.files.offer_recovery()
+
     try:
         if args.smoke_test:
             _arm_smoke_test(app, link)
         if not _open_start_image(window, args):
             return 1
+        call_after_first_paint(window, after_first_paint)
         window.show()
-        link.start()
-        link.request_methods()
         return app.exec()
     finally:
+        window.files.end_session()
         link.shutdown()
+
+
+def call_after_first_paint(window: Any, callback: Callable[[], None]) -> None:
+    """Call `callback` once, right after the first paint of `window` has been flushed to the screen."""
+    from PySide6.QtCore import QEvent, QObject, QTimer
+    from PySide6.QtWidgets import QApplication, QWidget
+
+    app = QApplication.instance()
+    done = False
+
+    def once() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            app.removeEventFilter(watcher)
+            callback()
+
+    class FirstPaint(QObject):
+        def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt's name
+            if event.type() == QEvent.Type.Paint and isinstance(watched, QWidget) and watched.window() is window:
+                QTimer.singleShot(0, once)  # runs once this paint pass is over and flushed
+            return False
+
+    watcher = FirstPaint(window)
+    app.installEventFilter(watcher)
+    QTimer.singleShot(FIRST_PAINT_FALLBACK_MS, once)
+
+
+def seconds_since_process_start() -> float | None:
+    """How long ago the kernel started this process (Linux: /proc), so interpreter start-up counts too."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        start_ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, counting the two before ")"
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def _report_startup(window_built: float) -> None:
+    now = time.perf_counter()
+    since_process = seconds_since_process_start()
+    process = f"{since_process:.2f} s after process start, " if since_process is not None else ""
+    print(
+        f"atelier startup: first paint {process}{now - IMPORTED_AT:.2f} s after importing desktop_app.app "
+        f"({now - window_built:.2f} s after the window was built)",
+        flush=True,
+    )
 
 
 def _open_start_image(window: Any, args: argparse.Namespace) -> bool:
@@ -75,13 +149,14 @@ def _open_start_image(window: Any, args: argparse.Namespace) -> bool:
     if not args.image:
         return True
     if not args.smoke_test:
-        window.open_image(args.image)
+        window.files.open(args.image)
         return True
-    from desktop_app.main_window import ImageLoadError, load_rgb
+    from desktop_app.document.imagefile import ImageFileError
+    from desktop_app.files import load_document
 
     try:
-        window.set_image(load_rgb(args.image))
-    except ImageLoadError as error:
+        window.set_document(load_document(args.image), Path(args.image).name)
+    except (ImageFileError, ValueError) as error:
         print(f"atelier smoke test failed: cannot open {args.image}: {error}", file=sys.stderr, flush=True)
         return False
     return True

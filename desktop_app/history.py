@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from PySide6.QtGui import QUndoCommand
 
-from desktop_app.document import Document, Layer
+from desktop_app.document import Document, HistoryEntry, Layer
 
 
 class AddLayer(QUndoCommand):
@@ -122,3 +122,18 @@ class PaintPatch(QUndoCommand):
 
     def undo(self) -> None:
         self.document.write_patch(self.layer_id, *self.origin, self.before)
+
+
+class AddHistoryEntry(QUndoCommand):
+    """A result in the document's history; pushed with the result's AddLayer inside one macro (accepting a
+    result), so one undo takes away both the layer and its entry."""
+
+    def __init__(self, document: Document, entry: HistoryEntry) -> None:
+        super().__init__(f"Add result '{entry.title}'")
+        self.document, self.entry = document, entry
+
+    def redo(self) -> None:
+        self.document.add_history(self.entry)
+
+    def undo(self) -> None:
+        self.document.remove_history(self.entry)

@@ -1,479 +1,368 @@
-"""Atelier's main window: the image, a staging view for previews and results, and a method panel.
+"""Atelier's main window: the canvas with the document, the staging pane beside it, and the Method, Layers and
+History docks, wired to the backend link.
 
-A thin shell for now (one RGB image, no layers): later the document model, the canvas and the panels replace the
-image view and the side panel. What it settles already: a run builds one `EditRequest`; previews and results go to
-the staging view, never over the user's pixels; accepting a result is one undo step.
+What it settles: a run builds one `EditRequest` from the document (edit_request.py); previews and the result go to
+the staging pane, never over the user's pixels; accepting a result is one undo step that adds a layer and a history
+entry. Menus and shortcuts live in actions.py, opening/saving/autosave in files.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from pathlib import Path
+import time
 
 import numpy as np
 from PIL import Image
-from PySide6.QtCore import QSize, Qt
-from PySide6.QtGui import QAction, QCloseEvent, QImage, QKeySequence, QPixmap, QResizeEvent, QUndoCommand, QUndoStack
-from PySide6.QtWidgets import (
-    QComboBox,
-    QDockWidget,
-    QFileDialog,
-    QFormLayout,
-    QFrame,
-    QHBoxLayout,
-    QLabel,
-    QLineEdit,
-    QMainWindow,
-    QMessageBox,
-    QProgressBar,
-    QPushButton,
-    QSizePolicy,
-    QSplitter,
-    QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QUndoStack
+from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QMessageBox, QSplitter, QStackedWidget, QWidget
 
-from backend.protocol import DEFAULT_MODEL, EditRequest, MethodInfo
+from backend.protocol import EditRequest, MethodInfo
+from desktop_app.actions import WindowActions
 from desktop_app.backend_link import BackendLink
-from desktop_app.resources import sample_images
+from desktop_app.canvas import CanvasView, ToolState
+from desktop_app.canvas.tools import MAX_SIZE, MIN_SIZE
+from desktop_app.document import Document, DocumentEvent, HistoryEntry, MaskLayer, ObjectLayer, RasterLayer, to_rgba
+from desktop_app.edit_request import MissingInput, build_request
+from desktop_app.files import DocumentFiles, local_files
+from desktop_app.history import AddHistoryEntry, AddLayer
+from desktop_app.panels import HistoryPanel, LayersPanel, MethodPanel, StagingPanel
+from desktop_app.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
 
-IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff);;All files (*)"
-
-
-class ImageLoadError(ValueError):
-    """An image file that can't be read; the message says why."""
-
-
-def load_rgb(path: str | Path) -> np.ndarray:
-    """The picture at `path` as an HxWx3 uint8 array; ImageLoadError (with the reason) if it can't be read."""
-    try:
-        with Image.open(path) as image:
-            image.load()  # decode now: a truncated file fails here, not later while painting
-            return np.asarray(image.convert("RGB")).copy()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise ImageLoadError(str(error) or type(error).__name__) from None
-
-
-def to_qimage(array: np.ndarray) -> QImage:
-    """uint8 HxW, HxWx3 or HxWx4 array -> an RGB QImage owning its pixels."""
-    if array.ndim == 2:
-        array = np.repeat(array[:, :, None], 3, axis=2)
-    rgb = np.ascontiguousarray(array[:, :, :3], dtype=np.uint8)
-    height, width, _ = rgb.shape
-    return QImage(rgb.data, width, height, 3 * width, QImage.Format.Format_RGB888).copy()
-
-
-class ImageView(QLabel):
-    """Shows one image scaled to fit, keeping its aspect ratio; a placeholder text when there is none."""
-
-    def __init__(self, placeholder: str, parent: QWidget | None = None) -> None:
-        super().__init__(placeholder, parent)
-        self._placeholder = placeholder
-        self._array: np.ndarray | None = None
-        self._pixmap: QPixmap | None = None
-        self.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.setFrameShape(QFrame.Shape.StyledPanel)
-        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored)
-        self.setMinimumSize(160, 160)
-        self.setWordWrap(True)
-
-    def array(self) -> np.ndarray | None:
-        return self._array
-
-    def set_array(self, array: np.ndarray | None) -> None:
-        self._array = array
-        self._pixmap = None if array is None else QPixmap.fromImage(to_qimage(array))
-        self._rescale()
-
-    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 (Qt override)
-        super().resizeEvent(event)
-        self._rescale()
-
-    def _rescale(self) -> None:
-        if self._pixmap is None:
-            self.clear()
-            self.setText(self._placeholder)
-            return
-        size = self.contentsRect().size()
-        self.setPixmap(self._pixmap.scaled(size, Qt.AspectRatioMode.KeepAspectRatio, _filter(self._pixmap, size)))
-
-
-def _filter(pixmap: QPixmap, size: QSize) -> Qt.TransformationMode:
-    """Nearest neighbour when enlarging a lot (small previews stay crisp), smooth otherwise."""
-    enlarging = pixmap.width() * 2 < size.width() and pixmap.height() * 2 < size.height()
-    return Qt.TransformationMode.FastTransformation if enlarging else Qt.TransformationMode.SmoothTransformation
-
-
-class AcceptResult(QUndoCommand):
-    """Accepting a staged result: the shown image becomes the result; undo brings the previous one back."""
-
-    def __init__(self, view: ImageView, result: np.ndarray, title: str) -> None:
-        super().__init__(f"Accept {title}")
-        self._view = view
-        self._before = view.array()
-        self._after = result
-
-    def redo(self) -> None:
-        self._view.set_array(self._after)
-
-    def undo(self) -> None:
-        self._view.set_array(self._before)
+MESSAGE_MS = 5000
+WELCOME = "Open a picture or a project (File ▸ Open, Ctrl+O), drop one here, or try File ▸ Open Sample."
 
 
 class MainWindow(QMainWindow):
-    """The image, the staging view (previews, then the result to accept or discard) and the method panel."""
+    """One document at a time; see the module docstring."""
 
-    def __init__(self, link: BackendLink, model: str = DEFAULT_MODEL, parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        link: BackendLink,
+        model: str | None = None,
+        settings: Settings | None = None,
+        parent: QWidget | None = None,
+    ) -> None:
         super().__init__(parent)
         self.link = link
-        self.model = model
-        self.methods: dict[str, MethodInfo] = {}
-        self.job_id: str | None = None  # the edit this window submitted and is waiting for
-        self.job_title = ""
-        self.staged_metadata: dict | None = None
+        self.settings = settings if settings is not None else load_settings()
+        self.model = model or self.settings.model
+        self.document: Document | None = None
+        self.document_name = ""
         self.undo_stack = QUndoStack(self)
-        self._error_box: QMessageBox | None = None
+        self.undo_stack.cleanChanged.connect(self._on_clean_changed)
+        size = min(MAX_SIZE, max(MIN_SIZE, self.settings.brush_size))
+        self.tool_state = ToolState(size=size, hardness=self.settings.brush_hardness)
+        self.job_id: str | None = None  # the edit this window submitted and is waiting for
+        self.job_request: EditRequest | None = None
+        self.error_box: QMessageBox | None = None
         self.setWindowTitle("Atelier")
-        self.resize(1100, 680)
-        self.setCentralWidget(self._build_views())
-        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self._build_method_dock())
-        self._build_menus()
+        self.resize(1400, 900)
+        self.setAcceptDrops(True)
+        self.setCentralWidget(self._build_central())
+        self._build_docks()
+        self.files = DocumentFiles(self)
+        self.window_actions = WindowActions(self)
         self._build_status_bar()
-        self._connect_link()
-        self._set_running(False)
-        self._set_staged(None)
-        self._on_method_changed()
-        self.export_action.setEnabled(False)
+        self._connect()
+        self.set_document(None)
 
     # --- construction --------------------------------------------------------------------------------------
 
-    def _build_views(self) -> QSplitter:
-        self.image_view = ImageView("Open an image (File > Open Image, Ctrl+O) or a sample (File > Open Sample).")
-        self.staging_view = ImageView("Previews of a running edit and its result appear here.")
-        self.staging_label = QLabel("Staging")
-        self.accept_button = QPushButton("Accept")
-        self.accept_button.setToolTip("Replace the image with the result (Ctrl+Z undoes)")
-        self.discard_button = QPushButton("Discard")
-        self.accept_button.clicked.connect(self.accept_result)
-        self.discard_button.clicked.connect(self.discard_result)
-        buttons = _row(self.accept_button, self.discard_button)
+    def _build_central(self) -> QSplitter:
+        self.canvas = CanvasView(undo_stack=self.undo_stack, tool_state=self.tool_state)
+        # Drops go to the window (open the file), not to the scene, which has no items that take them.
+        self.canvas.setAcceptDrops(False)
+        self.canvas.viewport().setAcceptDrops(False)
+        self.welcome = QLabel(WELCOME, alignment=Qt.AlignmentFlag.AlignCenter, wordWrap=True)
+        self.welcome.setStyleSheet("color: palette(mid); font-size: 15px; padding: 40px")
+        self.canvas_stack = QStackedWidget()
+        self.canvas_stack.addWidget(self.welcome)
+        self.canvas_stack.addWidget(self.canvas)
+        self.staging = StagingPanel()
         splitter = QSplitter(Qt.Orientation.Horizontal)
-        splitter.addWidget(_pane(QLabel("Image"), self.image_view))
-        splitter.addWidget(_pane(self.staging_label, self.staging_view, buttons))
-        splitter.setChildrenCollapsible(False)
+        splitter.addWidget(self.canvas_stack)
+        splitter.addWidget(self.staging)
+        splitter.setStretchFactor(0, 3)
+        splitter.setStretchFactor(1, 2)
+        splitter.setCollapsible(0, False)
+        self.splitter = splitter
         return splitter
 
-    def _build_method_dock(self) -> QDockWidget:
-        self.method_combo = QComboBox()
-        self.method_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        self.method_combo.currentIndexChanged.connect(self._on_method_changed)
-        self.method_description = QLabel()
-        self.method_description.setWordWrap(True)
-        self.target_prompt = QLineEdit()
-        self.source_prompt = QLineEdit()
-        self.run_button = QPushButton("Run")
-        self.run_button.setToolTip("Run the method (Ctrl+Enter)")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setToolTip("Cancel the running edit (Esc)")
-        self.run_button.clicked.connect(self.run_edit)
-        self.cancel_button.clicked.connect(self.cancel_edit)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setFormat("%v / %m")
-        self.stage_label = QLabel()
-        form = QFormLayout()
-        form.addRow(self.method_combo)
-        form.addRow(self.method_description)
-        form.addRow("Prompt", self.target_prompt)
-        form.addRow("Source prompt", self.source_prompt)
-        form.addRow(_row(self.run_button, self.cancel_button))
-        form.addRow(self.progress_bar)
-        form.addRow(self.stage_label)
-        panel = QWidget()
-        panel.setLayout(form)
-        dock = QDockWidget("Method")
-        dock.setObjectName("method-dock")
-        dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable)
-        dock.setWidget(panel)
-        dock.setMinimumWidth(300)
+    def _build_docks(self) -> None:
+        self.method_panel = MethodPanel()
+        self.layers_panel = LayersPanel()
+        self.history_panel = HistoryPanel()
+        self.method_dock = self._dock("Method", self.method_panel)
+        self.layers_dock = self._dock("Layers", self.layers_panel)
+        self.history_dock = self._dock("History", self.history_panel)
+        right = Qt.DockWidgetArea.RightDockWidgetArea
+        self.addDockWidget(right, self.method_dock)
+        self.addDockWidget(right, self.layers_dock)
+        self.splitDockWidget(self.method_dock, self.layers_dock, Qt.Orientation.Vertical)
+        self.tabifyDockWidget(self.layers_dock, self.history_dock)
+        self.layers_dock.raise_()
+        self.resizeDocks([self.method_dock], [340], Qt.Orientation.Horizontal)
+        # The method panel's height is what it needs; the layer list takes the rest.
+        self.resizeDocks([self.method_dock, self.layers_dock], [330, 600], Qt.Orientation.Vertical)
+
+    def _dock(self, title: str, widget: QWidget) -> QDockWidget:
+        dock = QDockWidget(title, self)
+        dock.setObjectName(f"{title.lower()}-dock")  # saveState() needs names
+        dock.setWidget(widget)
+        dock.setMinimumWidth(280)
         return dock
 
-    def _build_menus(self) -> None:
-        file_menu = self.menuBar().addMenu("&File")
-        file_menu.addAction(_action(self, "&Open Image…", self.choose_image, QKeySequence.StandardKey.Open))
-        self.samples_menu = file_menu.addMenu("Open &Sample")
-        for path in sample_images():
-            # `triggered` passes `checked`; the keyword-only default keeps it away from the path.
-            self.samples_menu.addAction(path.stem.replace("_", " "), lambda *_, p=path: self.open_image(p))
-        self.samples_menu.setEnabled(not self.samples_menu.isEmpty())
-        self.export_action = _action(self, "&Export PNG…", self.choose_export, "Ctrl+E")
-        file_menu.addAction(self.export_action)
-        file_menu.addSeparator()
-        file_menu.addAction(_action(self, "&Quit", self.close, QKeySequence.StandardKey.Quit))
-        edit_menu = self.menuBar().addMenu("&Edit")
-        undo = self.undo_stack.createUndoAction(self, "&Undo")
-        undo.setShortcut(QKeySequence.StandardKey.Undo)
-        redo = self.undo_stack.createRedoAction(self, "&Redo")
-        redo.setShortcuts([QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y")])
-        edit_menu.addActions([undo, redo])
-        job_menu = self.menuBar().addMenu("&Job")
-        self.run_action = _action(self, "&Run", self.run_edit, "Ctrl+Return", "Ctrl+Enter")
-        self.cancel_action = _action(self, "&Cancel", self.cancel_edit, "Esc")
-        job_menu.addActions([self.run_action, self.cancel_action])
-
     def _build_status_bar(self) -> None:
+        self.position_label = QLabel()
+        self.zoom_label = QLabel()
         self.backend_state = QLabel("Backend: starting…")
-        self.statusBar().addPermanentWidget(self.backend_state)
+        for label in (self.position_label, self.zoom_label, self.backend_state):
+            self.statusBar().addPermanentWidget(label)
 
-    def _connect_link(self) -> None:
-        self.link.methods_ready.connect(self._on_methods)
-        self.link.started.connect(self._on_started)
-        self.link.progress.connect(self._on_progress)
-        self.link.preview.connect(self._on_preview)
-        self.link.log.connect(self._on_log)
-        self.link.result.connect(self._on_result)
-        self.link.error.connect(self._on_error)
-        self.link.cancelled.connect(self._on_cancelled)
+    def _connect(self) -> None:
+        link = self.link
+        link.methods_ready.connect(self._on_methods)
+        link.started.connect(self._on_started)
+        link.progress.connect(self._on_progress)
+        link.preview.connect(self._on_preview)
+        link.log.connect(self._on_log)
+        link.result.connect(self._on_result)
+        link.error.connect(self._on_error)
+        link.cancelled.connect(self._on_cancelled)
+        self.method_panel.run_requested.connect(self.run_edit)
+        self.method_panel.cancel_requested.connect(self.cancel_edit)
+        self.staging.accept_requested.connect(self.accept_result)
+        self.staging.discard_requested.connect(self.discard_result)
+        self.history_panel.reuse_requested.connect(self.reuse_recipe)
+        for source in (self.canvas, self.layers_panel, self.history_panel):
+            source.message.connect(self.show_status)
+        self.canvas.zoom_changed.connect(lambda zoom: self.zoom_label.setText(f"{zoom:.0%}"))
+        self.canvas.cursor_moved.connect(self._on_cursor)
 
-    # --- the image -----------------------------------------------------------------------------------------
+    # --- the document --------------------------------------------------------------------------------------
 
-    def image(self) -> np.ndarray | None:
-        return self.image_view.array()
-
-    def set_image(self, array: np.ndarray, name: str = "") -> None:
-        """Show a new picture; what was staged and the undo history belong to the old one and go."""
-        self.image_view.set_array(array)
+    def set_document(self, document: Document | None, name: str = "") -> None:
+        """Show `document`; the undo history, a staged result and a running job belong to the old one and go."""
+        if self.job_id is not None:  # its result would belong to the old picture: cancel it and stop listening
+            self.link.cancel(self.job_id)
+            self._finish_job("cancelled: another document was opened")
+        if self.document is not None:
+            self.document.events.modified_changed.disconnect(self._on_modified)
+        self.document, self.document_name = document, name if document is not None else ""
         self.undo_stack.clear()
-        self._set_staged(None)
-        self.setWindowTitle(f"{name} — Atelier" if name else "Atelier")
-        self.export_action.setEnabled(True)
+        self.canvas.set_document(document)
+        self.layers_panel.set_document(document, self.undo_stack if document is not None else None)
+        self.history_panel.set_document(document, self.undo_stack)
+        self.canvas_stack.setCurrentWidget(self.canvas if document is not None else self.welcome)
+        if document is not None:
+            document.events.modified_changed.connect(self._on_modified)
+            self.canvas.setFocus()
+        self.staging.clear()
+        self.files.document_replaced()
+        self.window_actions.document_replaced(document is not None)
+        self._update_title()
 
-    def choose_image(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open Image", "", IMAGE_FILTER)
-        if path:
-            self.open_image(path)
+    def set_document_name(self, name: str) -> None:
+        self.document_name = name
+        self._update_title()
 
-    def open_image(self, path: str | Path) -> bool:
-        """Load `path`; an unreadable file leaves everything as it was and says why."""
-        try:
-            array = load_rgb(path)
-        except ImageLoadError as error:
-            QMessageBox.warning(self, "Could not open image", f"{path}\n\n{error}")
-            self.statusBar().showMessage(f"Could not open {Path(path).name}: {error}")
-            return False
-        self.set_image(array, Path(path).name)
-        self.statusBar().showMessage(f"Opened {Path(path).name} ({array.shape[1]}×{array.shape[0]})", 5000)
-        return True
+    def _on_modified(self, _event: DocumentEvent) -> None:
+        self._update_title()
 
-    def choose_export(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Export PNG", "result.png", "PNG image (*.png)")
-        if path:
-            self.export_png(path)
+    def _on_clean_changed(self, clean: bool) -> None:
+        # Undo back to the saved state means the file on disk matches again (the document's own flag only
+        # knows that something changed since).
+        if clean and self.document is not None:
+            self.document.set_modified(False)
 
-    def export_png(self, path: str | Path) -> bool:
-        """Save the shown image (accepted results included) as PNG."""
-        array = self.image()
-        if array is None:
-            return False
-        try:
-            Image.fromarray(array).save(path, format="PNG")
-        except (OSError, ValueError) as error:
-            QMessageBox.warning(self, "Could not export", f"{path}\n\n{error}")
-            return False
-        self.statusBar().showMessage(f"Exported {path}", 5000)
-        return True
+    def _update_title(self) -> None:
+        if self.document is None:
+            self.setWindowTitle("Atelier")
+            return
+        star = "*" if self.document.modified else ""
+        self.setWindowTitle(f"{self.document_name or 'Untitled'}{star} — Atelier")
+
+    def show_status(self, text: str, timeout_ms: int = MESSAGE_MS) -> None:
+        self.statusBar().showMessage(text, timeout_ms)
+
+    def show_error(self, title: str, message: str, hint: str = "") -> None:
+        """A non-modal box (one at a time, reused) so the window stays usable; tests read or replace it."""
+        if self.error_box is None:
+            self.error_box = QMessageBox(QMessageBox.Icon.Warning, "Atelier", "", QMessageBox.StandardButton.Ok, self)
+            self.error_box.setModal(False)
+        self.error_box.setWindowTitle(f"Atelier — {title}")
+        self.error_box.setText(message)
+        self.error_box.setInformativeText(hint)
+        self.error_box.show()
+
+    def _on_cursor(self, x: int, y: int) -> None:
+        inside = self.document is not None and 0 <= x < self.document.width and 0 <= y < self.document.height
+        self.position_label.setText(f"{x}, {y}" if inside else "")
+
+    # --- drag and drop -------------------------------------------------------------------------------------
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt's name
+        if local_files(event.mimeData()):
+            event.acceptProposedAction()
+
+    def dragMoveEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt's name
+        if local_files(event.mimeData()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 - Qt's name
+        paths = local_files(event.mimeData())
+        if paths:
+            event.acceptProposedAction()
+            self.files.open_dropped(paths)
 
     # --- running an edit -----------------------------------------------------------------------------------
 
-    def current_method(self) -> MethodInfo | None:
-        return self.methods.get(self.method_combo.currentData())
-
-    def build_request(self) -> EditRequest | None:
-        """The EditRequest for the current method, image and prompts (None, with a reason shown, if not ready)."""
-        method, image = self.current_method(), self.image()
-        if method is None or image is None:
-            reason = "the backend has not listed its methods yet" if method is None else "open an image first"
-            self.statusBar().showMessage(f"Cannot run: {reason}.", 5000)
-            return None
-        return EditRequest(
-            method=method.id,
-            image=image,
-            target_prompt=self.target_prompt.text().strip(),
-            source_prompt=self.source_prompt.text().strip(),
-            model=self.model,
-            seed=0,
-        )
-
     def run_edit(self) -> str | None:
-        """Submit an edit with the method's default parameters; returns its job id."""
+        """Submit the current method on the document; returns its job id (None, with the reason shown, if not)."""
         if self.job_id is not None:
             return None
-        request = self.build_request()
-        if request is None:
+        method = self.method_panel.current_method()
+        if method is None or self.document is None:
+            reason = "the backend has not listed its methods yet" if method is None else "open a picture first"
+            self.show_status(f"Cannot run: {reason}.")
             return None
-        self.job_id = self.link.submit(request)
-        self.job_title = self.methods[request.method].title
-        self._set_running(True)
-        self._set_staged(None)
-        self.progress_bar.setRange(0, 0)
-        self.stage_label.setText("queued")
+        try:
+            request = build_request(self.document, method, self.method_panel.inputs(), self.model)
+        except MissingInput as missing:
+            self.show_status(f"Cannot run: {missing}", 10_000)
+            return None
+        self.job_id, self.job_request = self.link.submit(request), request
+        self.method_panel.set_running(True)
+        self.window_actions.set_running(True)
+        self.method_panel.set_queued()
+        self.staging.clear()
         return self.job_id
 
     def cancel_edit(self) -> None:
         if self.job_id is not None:
             self.link.cancel(self.job_id)
-            self.stage_label.setText("cancelling…")
+            self.method_panel.stage_label.setText("cancelling…")
 
     def accept_result(self) -> None:
-        staged = self.staging_view.array()
-        if self.staged_metadata is None or staged is None:
+        """The staged result becomes a layer above the picture plus a history entry: one undo step."""
+        metadata, image, document = self.staging.metadata, self.staging.array(), self.document
+        if metadata is None or image is None or document is None:
             return
-        self.undo_stack.push(AcceptResult(self.image_view, staged, self.staged_metadata.get("method_title", "")))
-        self._set_staged(None)
-        self.statusBar().showMessage("Result accepted (Ctrl+Z to undo)", 5000)
+        title = str(metadata.get("method_title") or metadata.get("method") or "Edit")
+        recipe = dict(metadata.get("recipe") or {})
+        pixels, note = self._fit_to_document(image)
+        layer = RasterLayer(name=f"{title} result", pixels=pixels, recipe=recipe)
+        details = {key: value for key, value in metadata.items() if key != "recipe"}  # the recipe is stored once
+        details.setdefault("time", time.time())
+        prompt = recipe.get("target_prompt") or recipe.get("source_prompt") or ""
+        entry = HistoryEntry(f"{title}: {prompt}" if prompt else title, layer.id, recipe, details)
+        painting_on = document.active_layer if isinstance(document.active_layer, (MaskLayer, ObjectLayer)) else None
+        self.undo_stack.beginMacro(f"Accept {title} result")
+        self.undo_stack.push(AddLayer(document, layer, _result_index(document)))
+        self.undo_stack.push(AddHistoryEntry(document, entry))
+        self.undo_stack.endMacro()
+        if painting_on is not None:  # keep the mask active: adjusting it and running again is the usual next step
+            document.set_active(painting_on.id)
+        self.staging.clear()
+        self.show_status(f"Added '{layer.name}' as a new layer{note} (Ctrl+Z to undo)")
+
+    def _fit_to_document(self, image: np.ndarray) -> tuple[np.ndarray, str]:
+        """RGBA at the document's size, and a note if it had to be resized (the backend returns the input's size,
+        so another size is worth saying)."""
+        assert self.document is not None
+        rgba = to_rgba(np.asarray(image, np.uint8))
+        size, got = self.document.size, (rgba.shape[1], rgba.shape[0])
+        if got == size:
+            return rgba, ""
+        logger.info("the result is %dx%d; resized to the document's %dx%d", *got, *size)
+        resized = np.asarray(Image.fromarray(rgba).resize(size, Image.Resampling.LANCZOS))
+        return np.ascontiguousarray(resized), f", resized from {got[0]}×{got[1]} to {size[0]}×{size[1]}"
 
     def discard_result(self) -> None:
-        self._set_staged(None)
+        self.staging.clear()
 
-    def _set_running(self, running: bool) -> None:
-        for widget in (self.run_button, self.run_action):
-            widget.setEnabled(not running)
-        for widget in (self.cancel_button, self.cancel_action):
-            widget.setEnabled(running)
+    def reuse_recipe(self, recipe: dict) -> None:
+        self.show_status(self.method_panel.apply_recipe(recipe))
+        self.method_dock.raise_()
 
-    def _set_staged(self, array: np.ndarray | None, metadata: dict | None = None, label: str = "Staging") -> None:
-        """Put a preview (metadata None) or a result (with its metadata) in staging, or clear it."""
-        self.staging_view.set_array(array)
-        self.staged_metadata = metadata
-        self.staging_label.setText(label)
-        self.accept_button.setEnabled(metadata is not None)
-        self.discard_button.setEnabled(metadata is not None)
-
-    def _finish_job(self, stage: str) -> None:
+    def _finish_job(self, stage: str, complete: bool = False) -> None:
         self.job_id = None
-        self._set_running(False)
-        if self.progress_bar.maximum() == 0:  # still a busy indicator: the job ended before any progress
-            self.progress_bar.setRange(0, 1)
-        self.stage_label.setText(stage)
-        self.backend_state.setText(f"Backend: ready — {len(self.methods)} methods")
+        self.method_panel.set_finished(stage, complete)
+        self.window_actions.set_running(False)
+        self.backend_state.setText(f"Backend: ready — {len(self.method_panel.methods)} methods")
 
     # --- backend signals -----------------------------------------------------------------------------------
 
     def _on_methods(self, infos: list[MethodInfo]) -> None:
-        previous = self.method_combo.currentData()
-        self.methods = {info.id: info for info in infos}
-        self.method_combo.blockSignals(True)
-        self.method_combo.clear()
-        for index, info in enumerate(infos):
-            self.method_combo.addItem(info.title, info.id)
-            self.method_combo.setItemData(index, info.description, Qt.ItemDataRole.ToolTipRole)
-        self.method_combo.blockSignals(False)
-        self.method_combo.setCurrentIndex(max(0, self.method_combo.findData(previous)))
-        self._on_method_changed()
+        self.method_panel.set_methods(infos)
         self.backend_state.setText(f"Backend: ready — {len(infos)} methods")
 
-    def _on_method_changed(self) -> None:
-        method = self.current_method()
-        self.method_description.setText(method.description if method else "")
-        self.method_description.setVisible(method is not None)
-        self.method_combo.setToolTip(method.description if method else "")
-        for field, box in (("target_prompt", self.target_prompt), ("source_prompt", self.source_prompt)):
-            _describe_input(box, method, field)
-
     def _on_started(self, job_id: str, _message: str) -> None:
-        if job_id == self.job_id:
-            self.backend_state.setText(f"Backend: running {self.job_title}")
-            self.stage_label.setText("started")
+        if job_id == self.job_id and self.job_request is not None:
+            method = self.method_panel.methods.get(self.job_request.method)
+            self.backend_state.setText(f"Backend: running {method.title if method else self.job_request.method}")
+            self.method_panel.stage_label.setText("started")
 
     def _on_progress(self, job_id: str, step: int, total: int, stage: str) -> None:
-        if job_id != self.job_id:
-            return
-        self.progress_bar.setRange(0, total)  # total 0: a busy indicator (e.g. while the model loads)
-        self.progress_bar.setValue(step)
-        self.stage_label.setText(stage)
+        if job_id == self.job_id:
+            self.method_panel.set_progress(step, total, stage)
 
     def _on_preview(self, job_id: str, step: int, image: np.ndarray) -> None:
         if job_id == self.job_id and image is not None:
-            self._set_staged(image, label=f"Preview — step {step}")
+            self.staging.show_preview(image, step)
 
     def _on_log(self, _job_id: str, message: str) -> None:
-        self.statusBar().showMessage(message, 5000)
+        self.show_status(message)
 
     def _on_result(self, job_id: str, image: np.ndarray, metadata: dict) -> None:
         if job_id != self.job_id:
             return
-        self.progress_bar.setValue(self.progress_bar.maximum())
+        metadata = dict(metadata)
+        if not metadata.get("recipe") and self.job_request is not None:  # a backend that sent none: ours is exact
+            metadata["recipe"] = dataclasses.replace(self.job_request, image=None).to_dict()
         seconds = metadata.get("seconds")
         timing = f" in {seconds:.1f} s" if isinstance(seconds, (int, float)) else ""
-        self._set_staged(image, dict(metadata), f"Result — {metadata.get('method_title', '')}{timing}")
-        self._finish_job("done: accept or discard the result")
+        self.staging.show_result(image, metadata, f"Result — {metadata.get('method_title', '')}{timing}")
+        self._finish_job("done: accept or discard the result", complete=True)
 
     def _on_error(self, job_id: str, kind: str, message: str, hint: str) -> None:
-        text = f"Error: {message}" + (f" — {hint}" if hint else "")
         logger.warning("backend error (%s) for job %s: %s", kind, job_id or "-", message)
-        self.statusBar().showMessage(text)
-        self._show_error(kind, message, hint)
+        self.statusBar().showMessage(f"Error: {message}" + (f" — {hint}" if hint else ""))
+        self.show_error(kind or "error", message, hint)
         if job_id and job_id == self.job_id:
-            self._set_staged(None)
+            self.staging.clear()
             self._finish_job(f"failed ({kind})")
-        elif not self.methods:
+        elif not self.method_panel.methods:
             self.backend_state.setText("Backend: error")
 
     def _on_cancelled(self, job_id: str) -> None:
         if job_id == self.job_id:
-            self._set_staged(None)
+            self.staging.clear()
             self._finish_job("cancelled")
-            self.statusBar().showMessage("Edit cancelled", 5000)
+            self.show_status("Edit cancelled")
 
-    def _show_error(self, kind: str, message: str, hint: str) -> None:
-        """A non-modal box (one at a time, reused) so that the window stays usable."""
-        if self._error_box is None:
-            self._error_box = QMessageBox(QMessageBox.Icon.Warning, "Atelier", "", QMessageBox.StandardButton.Ok, self)
-            self._error_box.setModal(False)
-        self._error_box.setText(message)
-        self._error_box.setInformativeText(hint)
-        self._error_box.setWindowTitle(f"Atelier — {kind or 'error'}")
-        self._error_box.show()
+    # --- closing -------------------------------------------------------------------------------------------
 
-    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt override)
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt's name
+        if not self.files.confirm_discard_changes():
+            event.ignore()
+            return
         if self.job_id is not None:
             self.link.cancel(self.job_id)
+        self.files.end_session()
         super().closeEvent(event)
 
 
-def _describe_input(box: QLineEdit, method: MethodInfo | None, field: str) -> None:
-    """Enable a prompt box only for methods that use it, and say whether it is required."""
-    if method is None:
-        box.setEnabled(False)
-        box.setPlaceholderText("waiting for the backend…")
-        return
-    required, optional = field in method.inputs, field in method.optional_inputs
-    box.setEnabled(required or optional)
-    box.setPlaceholderText("required" if required else "optional" if optional else "not used by this method")
-
-
-def _row(*widgets: QWidget) -> QWidget:
-    row = QWidget()
-    layout = QHBoxLayout(row)
-    layout.setContentsMargins(0, 0, 0, 0)
-    for widget in widgets:
-        layout.addWidget(widget)
-    return row
-
-
-def _pane(*widgets: QWidget) -> QWidget:
-    pane = QWidget()
-    layout = QVBoxLayout(pane)
-    layout.setContentsMargins(4, 4, 4, 4)
-    for widget in widgets:
-        layout.addWidget(widget, stretch=1 if isinstance(widget, ImageView) else 0)
-    return pane
-
-
-def _action(parent: QWidget, text: str, slot: object, *shortcuts: QKeySequence | str) -> QAction:
-    action = QAction(text, parent)
-    action.setShortcuts([QKeySequence(shortcut) for shortcut in shortcuts])
-    action.triggered.connect(slot)
-    parent.addAction(action)
-    return action
+def _result_index(document: Document) -> int | None:
+    """Where a result layer goes: right above the active raster layer, else above the raster layer under the active
+    layer (a mask is usually active after painting), else on top. Masks above it stay above it."""
+    active = document.active_layer
+    if active is None:
+        return None
+    below = document.layers[: document.index_of(active.id) + 1]
+    rasters = [index for index, layer in enumerate(below) if isinstance(layer, RasterLayer)]
+    return rasters[-1] + 1 if rasters else None

@@ -63,6 +63,18 @@ def settings_path() -> Path:
     return config_dir() / FILE_NAME
 
 
+def data_dir() -> Path:
+    """The user data folder: ATELIER_DATA_DIR (tests, portable installs) or the platform's data folder.
+
+    The same folder as backend.paths.user_data_dir, which the GUI may not import (import-linter)."""
+    return Path(os.environ.get("ATELIER_DATA_DIR") or platformdirs.user_data_dir(APP_NAME))
+
+
+def autosave_dir() -> Path:
+    """Where autosaves and their session markers live (desktop_app.document.autosave)."""
+    return data_dir() / "autosave"
+
+
 def load_settings(path: str | Path | None = None) -> Settings:
     """The saved settings, or the defaults where the file is missing, unreadable or a value is bad."""
     path = Path(path) if path else settings_path()
@@ -167,4 +179,4 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-__all__ = ["Settings", "config_dir", "load_settings", "save_settings", "settings_path"]
+__all__ = ["Settings", "autosave_dir", "config_dir", "data_dir", "load_settings", "save_settings", "settings_path"]

@@ -18,11 +18,12 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def _user_dirs(tmp_path_factory, monkeypatch):
-    """Never touch the real user's data, cache or log folders."""
+    """Never touch the real user's data, cache, log or settings folders."""
     base = tmp_path_factory.getbasetemp()
     monkeypatch.setenv("ATELIER_DATA_DIR", str(base / "data"))
     monkeypatch.setenv("ATELIER_CACHE_DIR", str(base / "cache"))
     monkeypatch.setenv("ATELIER_LOG_DIR", str(base / "logs"))
+    monkeypatch.setenv("ATELIER_CONFIG_DIR", str(base / "config"))
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,13 @@
-"""The GUI shell: main window + BackendLink driven by a fake client that replays a recorded event stream.
+"""The window and the backend link: the main window + BackendLink driven by a fake client that replays a recorded
+event stream (tests/fake_backend.py).
 
 No backend process is spawned except in the last test, the real end-to-end `--smoke-test`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import queue
 import subprocess
 import sys
 import threading
@@ -14,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_backend import FakeClient, green, open_window, previews, recorded_stream
 from PIL import Image
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QMessageBox
 
-from backend.protocol import EditRequest, Event, MethodInfo, ParamSpec, Query
+from backend.protocol import EditRequest, Event, MethodInfo, ParamSpec
 from desktop_app.backend_link import BackendLink, PreviewThrottle
-from desktop_app.main_window import MainWindow
+from desktop_app.document import RasterLayer, to_rgba
 from desktop_app.resources import sample_images
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,6 +33,7 @@ METHODS = [
         description="Noise the image part way, then denoise it towards the prompt.",
         families=("sd1",),
         inputs=("image", "target_prompt"),
+        optional_inputs=("mask:edit",),
         params=(ParamSpec("strength", "float", 0.6, minimum=0.0, maximum=1.0),),
     ),
     MethodInfo(
@@ -45,81 +47,6 @@ METHODS = [
 ]
 
 
-def previews() -> list[np.ndarray]:
-    return [np.full((8, 8, 3), 40 * step, np.uint8) for step in (1, 2, 3)]
-
-
-RESULT = np.zeros((16, 16, 3), np.uint8)
-RESULT[:, :, 1] = 200
-
-
-def recorded_stream(job_id: str) -> list[Event]:
-    """What the worker sends for a 3-step edit: started, progress + preview per step, result."""
-    events = [Event(kind="started", job_id=job_id, message="sdedit")]
-    for step, image in enumerate(previews(), start=1):
-        events.append(Event(kind="progress", job_id=job_id, step=step, total=3, stage="denoising"))
-        events.append(Event(kind="preview", job_id=job_id, step=step, total=3, image=image))
-    metadata = {"method": "sdedit", "method_title": "SDEdit", "seconds": 0.5}
-    events.append(Event(kind="result", job_id=job_id, image=RESULT, metadata=metadata))
-    return events
-
-
-class FakeClient:
-    """Stands in for BackendClient: answers the methods query and replays `script(job_id)` for each edit.
-
-    With `hold_at_step`, an edit stops after that step's preview until it is cancelled (as a long job would)."""
-
-    pid = 4242
-
-    def __init__(self, script=recorded_stream, hold_at_step: int | None = None) -> None:
-        self.script = script
-        self.hold_at_step = hold_at_step
-        self.submitted: list[EditRequest | Query] = []
-        self.cancelled: list[str | None] = []
-        self.started = self.stopped = False
-        self._events: queue.Queue[Event] = queue.Queue()
-        self.threads: set[int] = set()
-
-    def start(self) -> None:
-        self.started = True
-        self.threads.add(threading.get_ident())
-
-    def stop(self, timeout: float = 10.0) -> int:
-        self.stopped = True
-        return 0
-
-    def submit(self, job: EditRequest | Query) -> str:
-        self.threads.add(threading.get_ident())
-        self.submitted.append(job)
-        if isinstance(job, Query):
-            methods = [info.to_dict() for info in METHODS]
-            self._events.put(Event(kind="result", job_id=job.job_id, metadata={"methods": methods}))
-            return job.job_id
-        for event in self.script(job.job_id):
-            self._events.put(event)
-            if self.hold_at_step is not None and event.kind == "preview" and event.step == self.hold_at_step:
-                break
-        return job.job_id
-
-    def cancel(self, job_id: str | None = None) -> bool:
-        self.cancelled.append(job_id)
-        self._events.put(Event(kind="cancelled", job_id=job_id or "", message="cancelled by the user"))
-        return True
-
-    def emit(self, event: Event) -> None:
-        """Inject an event (an error, a log line) as if the worker had sent it."""
-        self._events.put(event)
-
-    def poll(self, timeout: float = 0.0) -> Event | None:
-        try:
-            return self._events.get(timeout=timeout) if timeout > 0 else self._events.get_nowait()
-        except queue.Empty:
-            return None
-
-    def edits(self) -> list[EditRequest]:
-        return [job for job in self.submitted if isinstance(job, EditRequest)]
-
-
 @pytest.fixture
 def scene() -> np.ndarray:
     image = np.full((32, 48, 3), 230, np.uint8)
@@ -129,51 +56,54 @@ def scene() -> np.ndarray:
 
 @pytest.fixture
 def fake() -> FakeClient:
-    return FakeClient()
+    return FakeClient(METHODS)
 
 
 @pytest.fixture
 def window(qtbot, fake, scene, tmp_path):
-    link = BackendLink(client_factory=lambda: fake)
-    main_window = MainWindow(link, model="tiny")
-    qtbot.addWidget(main_window)
-    main_window.show()
-    link.start()
-    link.request_methods()
+    main_window = open_window(qtbot, fake)
     path = tmp_path / "scene.png"
     Image.fromarray(scene).save(path)
-    assert main_window.open_image(path)
-    qtbot.waitUntil(lambda: main_window.method_combo.count() == 2)
+    assert main_window.files.open(path)
     yield main_window
-    link.shutdown()
+    main_window.link.shutdown()
     assert fake.stopped
 
 
-def run_to_result(qtbot, window: MainWindow, prompt: str = "a green square") -> str:
-    window.target_prompt.setText(prompt)
-    qtbot.mouseClick(window.run_button, Qt.MouseButton.LeftButton)
+def run_to_result(qtbot, window, prompt: str = "a green square") -> str:
+    panel = window.method_panel
+    panel.target_prompt.setText(prompt)
+    qtbot.mouseClick(panel.run_button, Qt.MouseButton.LeftButton)
     job_id = window.job_id
     assert job_id is not None
-    qtbot.waitUntil(lambda: window.staged_metadata is not None)
+    qtbot.waitUntil(lambda: window.staging.metadata is not None)
     return job_id
 
 
+def picture(window) -> np.ndarray:
+    """What the user sees: the document's composite."""
+    return window.document.composite_rgb()
+
+
 def test_methods_from_the_backend_fill_the_method_combo(window):
-    combo = window.method_combo
+    panel = window.method_panel
+    combo = panel.method_combo
     assert [combo.itemText(i) for i in range(combo.count())] == ["SDEdit", "DDIM + word swap"]
     assert combo.itemData(0, Qt.ItemDataRole.ToolTipRole) == METHODS[0].description
     assert "ready" in window.backend_state.text() and "2 methods" in window.backend_state.text()
-    assert not window.source_prompt.isEnabled()  # SDEdit takes no source prompt
+    assert not panel.source_prompt.isEnabled()  # SDEdit takes no source prompt
+    assert "Needs:</b> prompt" in panel.needs_label.text() and "'edit' mask" in panel.needs_label.text()
     combo.setCurrentIndex(1)
-    assert window.source_prompt.isEnabled()
+    assert panel.source_prompt.isEnabled()
 
 
-def test_run_sends_one_request_with_the_shown_image_and_the_prompt(qtbot, window, fake, scene):
+def test_run_sends_one_request_with_the_picture_and_the_prompt(qtbot, window, fake, scene):
     job_id = run_to_result(qtbot, window, "a green square")
     (request,) = fake.edits()
     assert request.job_id == job_id
     assert request.method == "sdedit" and request.model == "tiny" and request.seed == 0
     assert request.target_prompt == "a green square" and request.params == {}
+    assert request.masks == {} and request.object_prompts == [] and request.points == []
     np.testing.assert_array_equal(request.image, scene)
 
 
@@ -182,113 +112,145 @@ def test_all_client_calls_happen_on_the_link_thread(qtbot, window, fake):
     assert len(fake.threads) == 1 and threading.main_thread().ident not in fake.threads
 
 
-def test_progress_and_previews_go_to_staging_and_leave_the_image_alone(qtbot, window, scene):
+def test_progress_and_previews_go_to_staging_and_leave_the_picture_alone(qtbot, window, scene):
     seen: list[int] = []
     window.link.preview.connect(lambda _job, step, _image: seen.append(step))
     run_to_result(qtbot, window)
-    assert (window.progress_bar.value(), window.progress_bar.maximum()) == (3, 3)
+    bar = window.method_panel.progress_bar
+    assert (bar.value(), bar.maximum()) == (3, 3)
     assert seen[-1] == 3  # throttling may drop step 2, never the last preview
-    np.testing.assert_array_equal(window.image(), scene)
-    np.testing.assert_array_equal(window.staging_view.array(), RESULT)
-    assert window.accept_button.isEnabled() and window.run_button.isEnabled()
+    np.testing.assert_array_equal(picture(window), scene)
+    assert len(window.document.layers) == 1 and not window.document.modified
+    np.testing.assert_array_equal(window.staging.array(), green(32, 48))
+    assert window.staging.accept_button.isEnabled() and window.method_panel.run_button.isEnabled()
 
 
 def test_staging_shows_the_last_preview_while_the_job_runs(qtbot, fake, window, scene):
     fake.hold_at_step = 3
     run_job = window.run_edit()
-    qtbot.waitUntil(lambda: window.progress_bar.value() == 3)
+    qtbot.waitUntil(lambda: window.method_panel.progress_bar.value() == 3)
     # a throttled preview is held back, then delivered once its turn comes even though no event follows it
-    qtbot.waitUntil(lambda: "step 3" in window.staging_label.text())
-    np.testing.assert_array_equal(window.staging_view.array(), previews()[-1])
-    assert not window.accept_button.isEnabled()  # a preview is not a result
-    np.testing.assert_array_equal(window.image(), scene)
+    qtbot.waitUntil(lambda: "step 3" in window.staging.label.text())
+    np.testing.assert_array_equal(window.staging.array(), previews()[-1])
+    assert not window.staging.accept_button.isEnabled()  # a preview is not a result
+    np.testing.assert_array_equal(picture(window), scene)
     window.cancel_edit()
     qtbot.waitUntil(lambda: window.job_id is None)
     assert fake.cancelled == [run_job]
 
 
-def test_accept_shows_the_result_and_ctrl_z_restores_the_original(qtbot, window, scene):
-    run_to_result(qtbot, window)
-    qtbot.mouseClick(window.accept_button, Qt.MouseButton.LeftButton)
-    np.testing.assert_array_equal(window.image(), RESULT)
-    assert window.staging_view.array() is None and not window.accept_button.isEnabled()
+def test_accept_adds_a_result_layer_and_a_history_entry_and_ctrl_z_takes_both_away(qtbot, window, scene):
+    run_to_result(qtbot, window, "a green square")
+    document = window.document
+    qtbot.mouseClick(window.staging.accept_button, Qt.MouseButton.LeftButton)
+    background, result = document.layers
+    assert isinstance(result, RasterLayer) and result.name == "SDEdit result"
+    np.testing.assert_array_equal(result.pixels, to_rgba(green(32, 48)))
+    assert result.recipe["method"] == "sdedit" and result.recipe["target_prompt"] == "a green square"
+    (entry,) = document.history
+    assert entry.layer_id == result.id and entry.title == "SDEdit: a green square" and entry.recipe == result.recipe
+    np.testing.assert_array_equal(picture(window), green(32, 48))
+    np.testing.assert_array_equal(background.pixels, to_rgba(scene))  # the user's pixels were never painted over
+    assert window.staging.array() is None and not window.staging.accept_button.isEnabled()
+    assert window.history_panel.results.count() == 1 and window.windowTitle().startswith("scene.png*")
     qtbot.keyClick(window, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
-    np.testing.assert_array_equal(window.image(), scene)
+    assert document.layers == [background] and document.history == []
+    assert window.history_panel.results.count() == 0
+    np.testing.assert_array_equal(picture(window), scene)
+    assert not document.modified  # back where the file on disk is
     qtbot.keyClick(window, Qt.Key.Key_Y, Qt.KeyboardModifier.ControlModifier)
-    np.testing.assert_array_equal(window.image(), RESULT)
+    assert document.layers == [background, result] and document.history == [entry]
+
+
+def test_a_result_of_another_size_is_resized_to_the_document_and_said(qtbot, fake, window, caplog):
+    def small(request: EditRequest) -> list[Event]:
+        return [Event(kind="result", job_id=request.job_id, image=green(16, 16), metadata={"method_title": "SDEdit"})]
+
+    fake.script = small
+    caplog.set_level(logging.INFO, logger="desktop_app.main_window")
+    run_to_result(qtbot, window)
+    window.accept_result()
+    result = window.document.layers[-1]
+    assert result.pixels.shape == (32, 48, 4) and result.pixels[16, 24, 1] == 200
+    assert "resized" in caplog.text and "16×16" in window.statusBar().currentMessage()
 
 
 def test_discard_drops_the_result(qtbot, window, scene):
     run_to_result(qtbot, window)
-    qtbot.mouseClick(window.discard_button, Qt.MouseButton.LeftButton)
-    assert window.staging_view.array() is None
-    np.testing.assert_array_equal(window.image(), scene)
-    assert not window.undo_stack.canUndo()
+    qtbot.mouseClick(window.staging.discard_button, Qt.MouseButton.LeftButton)
+    assert window.staging.array() is None
+    np.testing.assert_array_equal(picture(window), scene)
+    assert not window.undo_stack.canUndo() and window.document.history == []
 
 
 def test_ctrl_return_runs_and_esc_cancels(qtbot, fake, window):
     fake.hold_at_step = 1
-    window.target_prompt.setFocus()
-    qtbot.keyClick(window.target_prompt, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
-    qtbot.waitUntil(lambda: window.progress_bar.value() == 1)
+    panel = window.method_panel
+    panel.target_prompt.setFocus()
+    qtbot.keyClick(panel.target_prompt, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
+    qtbot.waitUntil(lambda: panel.progress_bar.value() == 1)
     job_id = window.job_id
-    assert job_id is not None and not window.run_button.isEnabled()
-    qtbot.keyClick(window.target_prompt, Qt.Key.Key_Escape)
+    assert job_id is not None and not panel.run_button.isEnabled() and not window.window_actions.run_action.isEnabled()
+    qtbot.keyClick(panel.target_prompt, Qt.Key.Key_Escape)
     qtbot.waitUntil(lambda: window.job_id is None)
     assert fake.cancelled == [job_id]
-    assert window.stage_label.text() == "cancelled" and window.run_button.isEnabled()
+    assert panel.stage_label.text() == "cancelled" and panel.run_button.isEnabled()
 
 
 def test_cancel_button_cancels_the_running_job_by_id(qtbot, fake, window):
     fake.hold_at_step = 2
     job_id = window.run_edit()
-    qtbot.waitUntil(lambda: window.link.running_job == job_id and window.progress_bar.value() == 2)
-    assert window.cancel_button.isEnabled()
-    qtbot.mouseClick(window.cancel_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: not window.cancel_button.isEnabled())
+    panel = window.method_panel
+    qtbot.waitUntil(lambda: window.link.running_job == job_id and panel.progress_bar.value() == 2)
+    assert panel.cancel_button.isEnabled()
+    qtbot.mouseClick(panel.cancel_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not panel.cancel_button.isEnabled())
     assert fake.cancelled == [job_id]
-    assert window.link.running_job is None and window.staging_view.array() is None
+    assert window.link.running_job is None and window.staging.array() is None
 
 
 def test_an_error_shows_message_and_hint_and_the_window_stays_usable(qtbot, fake, window):
-    fake.script = lambda job_id: [
-        Event(kind="started", job_id=job_id),
-        Event(kind="error", job_id=job_id, error_kind="out-of-memory", message="the GPU ran out", hint="Use fp16."),
+    fake.script = lambda request: [
+        Event(kind="started", job_id=request.job_id),
+        Event(
+            kind="error", job_id=request.job_id, error_kind="out-of-memory", message="the GPU ran out", hint="Use fp16."
+        ),
     ]
     job_id = window.run_edit()
     qtbot.waitUntil(lambda: window.job_id is None)
     status = window.statusBar().currentMessage()
     assert "the GPU ran out" in status and "Use fp16." in status
-    assert window._error_box is not None and not window._error_box.isModal()
-    assert window.run_button.isEnabled() and not window.cancel_button.isEnabled()
+    box = window.error_box
+    assert box is not None and not box.isModal() and box.text() == "the GPU ran out"
+    assert window.method_panel.run_button.isEnabled() and not window.method_panel.cancel_button.isEnabled()
     fake.script = recorded_stream
     assert run_to_result(qtbot, window) != job_id
 
 
-def test_an_unreadable_png_shows_why_and_keeps_the_previous_image(qtbot, window, scene, tmp_path, monkeypatch):
-    warnings: list[str] = []
-    monkeypatch.setattr(QMessageBox, "warning", lambda _parent, _title, text, *rest: warnings.append(text))
+def test_an_unreadable_png_shows_why_and_keeps_the_document(qtbot, window, scene, tmp_path):
+    document = window.document
     good = tmp_path / "good.png"
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(good)
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes(good.read_bytes()[:-40])
-    assert not window.open_image(truncated)
-    assert len(warnings) == 1 and "truncated.png" in warnings[0]
-    np.testing.assert_array_equal(window.image(), scene)
+    assert not window.files.open(truncated)
+    assert window.error_box.isVisible() and "truncated.png" in window.error_box.text()
+    assert window.document is document
+    np.testing.assert_array_equal(picture(window), scene)
     assert "Could not open truncated.png" in window.statusBar().currentMessage()
 
 
-def test_samples_open_and_export_writes_the_shown_image(qtbot, window, tmp_path):
+def test_samples_open_and_export_writes_the_picture(qtbot, window, tmp_path):
     samples = sample_images()
     assert len(samples) >= 3
-    actions = window.samples_menu.actions()
+    actions = window.window_actions.samples_menu.actions()
     assert len(actions) == len(samples)
     actions[0].trigger()
-    shown = window.image()
-    assert shown.shape == (128, 128, 3)
+    shown = picture(window)
+    assert shown.shape == (128, 128, 3) and window.windowTitle().startswith(samples[0].name)
     out = tmp_path / "export.png"
-    assert window.export_png(out)
-    np.testing.assert_array_equal(np.asarray(Image.open(out)), shown)
+    assert window.files.export_png(out)
+    np.testing.assert_array_equal(np.asarray(Image.open(out).convert("RGB")), shown)
 
 
 def test_preview_throttle_lets_15_per_second_through_and_keeps_the_last():
@@ -310,18 +272,19 @@ def test_preview_throttle_lets_15_per_second_through_and_keeps_the_last():
 
 
 def test_a_burst_of_previews_is_thinned_and_ends_with_the_last(qtbot):
-    def burst(job_id: str) -> list[Event]:
+    def burst(request: EditRequest) -> list[Event]:
+        job_id = request.job_id
         events = [Event(kind="started", job_id=job_id)]
         events += [Event(kind="preview", job_id=job_id, step=s, image=np.zeros((2, 2, 3), np.uint8)) for s in range(50)]
-        return [*events, Event(kind="result", job_id=job_id, image=RESULT)]
+        return [*events, Event(kind="result", job_id=job_id, image=green(16, 16))]
 
-    link = BackendLink(client_factory=lambda: FakeClient(script=burst))
+    link = BackendLink(client_factory=lambda: FakeClient(METHODS, script=burst))
     kinds: list[str] = []
     steps: list[int] = []
     link.event.connect(lambda event: kinds.append(event.kind))
     link.preview.connect(lambda _job, step, _image: steps.append(step))
     link.start()
-    link.submit(EditRequest(method="sdedit", image=RESULT))
+    link.submit(EditRequest(method="sdedit", image=green(16, 16)))
     qtbot.waitUntil(lambda: "result" in kinds)
     link.shutdown()
     assert len(steps) < 10 and steps[-1] == 49

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
-from scipy import ndimage
 
 from desktop_app.document import Document, Layer, MaskLayer, ObjectLayer
 from desktop_app.document.events import EmitterGroup
@@ -335,6 +334,8 @@ def flood_fill(document: Document, layer_id: str, point: Point, subtract: bool =
     candidates = mask >= 128 if subtract else mask < 128
     if not candidates[row, col]:
         return None
+    from scipy import ndimage  # here, not at the top: importing scipy costs ~0.5 s of the app's start-up
+
     labels, _ = ndimage.label(candidates)
     region = labels == labels[row, col]
     rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))

@@ -225,6 +225,16 @@ class Document:
         self.events.history_changed(entry=entry)
         self.set_modified(True)
 
+    def remove_history(self, entry: HistoryEntry) -> None:
+        """Take `entry` out of the history (undoing the accept that added it); ValueError if it is not there."""
+        for index, existing in enumerate(self.history):
+            if existing is entry:  # identity: two results can have equal titles and recipes
+                del self.history[index]
+                self.events.history_changed(entry=entry)
+                self.set_modified(True)
+                return
+        raise ValueError(f"history entry {entry.title!r} is not in the document")
+
     def set_modified(self, modified: bool) -> None:
         if modified != self.modified:
             self.modified = modified

@@ -1,0 +1,114 @@
+"""A stand-in for BackendClient for the GUI tests: it answers the methods query and replays a recorded event stream
+for each edit, so the window and the BackendLink run for real without a backend process."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+
+import numpy as np
+
+from backend.protocol import EditRequest, Event, MethodInfo, Query
+
+Script = Callable[[EditRequest], list[Event]]
+
+
+def previews(shape: tuple[int, int] = (8, 8)) -> list[np.ndarray]:
+    return [np.full((*shape, 3), 40 * step, np.uint8) for step in (1, 2, 3)]
+
+
+def green(height: int, width: int) -> np.ndarray:
+    image = np.zeros((height, width, 3), np.uint8)
+    image[:, :, 1] = 200
+    return image
+
+
+def recorded_stream(request: EditRequest, metadata: dict | None = None) -> list[Event]:
+    """What the worker sends for a 3-step edit: started, progress + preview per step, then a green result of the
+    request's size (the backend returns the input's size), with the metadata the worker adds."""
+    job_id = request.job_id
+    events = [Event(kind="started", job_id=job_id, message=request.method)]
+    for step, image in enumerate(previews(), start=1):
+        events.append(Event(kind="progress", job_id=job_id, step=step, total=3, stage="denoising"))
+        events.append(Event(kind="preview", job_id=job_id, step=step, total=3, image=image))
+    height, width = request.image.shape[:2]
+    result_metadata = {"method": request.method, "method_title": "SDEdit", "seconds": 0.5, **(metadata or {})}
+    events.append(Event(kind="result", job_id=job_id, image=green(height, width), metadata=result_metadata))
+    return events
+
+
+class FakeClient:
+    """Answers the methods query with `methods` and replays `script(request)` for each edit.
+
+    With `hold_at_step`, an edit stops after that step's preview until it is cancelled (as a long job would)."""
+
+    pid = 4242
+
+    def __init__(self, methods: list[MethodInfo], script: Script = recorded_stream, hold_at_step: int | None = None):
+        self.methods = methods
+        self.script = script
+        self.hold_at_step = hold_at_step
+        self.submitted: list[EditRequest | Query] = []
+        self.cancelled: list[str | None] = []
+        self.started = self.stopped = False
+        self._events: queue.Queue[Event] = queue.Queue()
+        self.threads: set[int] = set()
+
+    def start(self) -> None:
+        self.started = True
+        self.threads.add(threading.get_ident())
+
+    def stop(self, timeout: float = 10.0) -> int:
+        self.stopped = True
+        return 0
+
+    def submit(self, job: EditRequest | Query) -> str:
+        self.threads.add(threading.get_ident())
+        self.submitted.append(job)
+        if isinstance(job, Query):
+            methods = [info.to_dict() for info in self.methods]
+            self._events.put(Event(kind="result", job_id=job.job_id, metadata={"methods": methods}))
+            return job.job_id
+        for event in self.script(job):
+            self._events.put(event)
+            if self.hold_at_step is not None and event.kind == "preview" and event.step == self.hold_at_step:
+                break
+        return job.job_id
+
+    def cancel(self, job_id: str | None = None) -> bool:
+        self.cancelled.append(job_id)
+        self._events.put(Event(kind="cancelled", job_id=job_id or "", message="cancelled by the user"))
+        return True
+
+    def emit(self, event: Event) -> None:
+        """Inject an event (an error, a log line) as if the worker had sent it."""
+        self._events.put(event)
+
+    def poll(self, timeout: float = 0.0) -> Event | None:
+        try:
+            return self._events.get(timeout=timeout) if timeout > 0 else self._events.get_nowait()
+        except queue.Empty:
+            return None
+
+    def edits(self) -> list[EditRequest]:
+        return [job for job in self.submitted if isinstance(job, EditRequest)]
+
+
+def open_window(qtbot, client: FakeClient, settings=None):
+    """A shown MainWindow on a BackendLink to `client`, with the client's methods listed. Autosave is off unless
+    `settings` turn it on, and the 'save changes?' question answers 'discard' (a modal box would hang the test)."""
+    from desktop_app.backend_link import BackendLink
+    from desktop_app.main_window import MainWindow
+    from desktop_app.settings import Settings
+
+    link = BackendLink(client_factory=lambda: client)
+    window = MainWindow(link, model="tiny", settings=settings if settings is not None else Settings(autosave_minutes=0))
+    window.files.ask_save_changes = lambda _name: "discard"
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitExposed(window)
+    link.start()
+    link.request_methods()
+    qtbot.waitUntil(lambda: window.method_panel.method_combo.count() == len(client.methods))
+    return window
