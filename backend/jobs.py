@@ -37,6 +37,9 @@ class WorkerState:
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
         self.settings = dict(settings or {})
+        if self.settings.get("models_dir"):
+            # The registry looks names up in ATELIER_MODELS_DIR; the GUI's preference reaches it through here.
+            os.environ["ATELIER_MODELS_DIR"] = str(self.settings["models_dir"])
         self.bundle: ModelBundle | None = None
         megabytes = float(self.settings.get("inversion_cache_mb", 512))
         self.inversion_cache = LRUBytesCache(int(megabytes * 2**20))
