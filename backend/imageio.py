@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from backend.errors import InputError
+from backend.protocol import a1111_parameters
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -49,24 +50,6 @@ class _open:
 
     def __exit__(self, *exc: object) -> None:
         self.image.close()
-
-
-def a1111_parameters(metadata: dict) -> str:
-    """The A1111-style `parameters` text many tools read: prompt / negative prompt / settings line."""
-    recipe = metadata.get("recipe", {})
-    params = recipe.get("params", {})
-    prompt = recipe.get("target_prompt") or recipe.get("source_prompt") or ""
-    settings = [
-        f"Steps: {params['steps']}" if "steps" in params else None,
-        f"Sampler: {metadata.get('method_title', metadata.get('method', ''))}",
-        f"CFG scale: {params['guidance']}" if "guidance" in params else None,
-        f"Seed: {recipe.get('seed', 0)}",
-        f"Size: {metadata.get('width', '?')}x{metadata.get('height', '?')}",
-        f"Model: {metadata.get('model', '')}",
-    ]
-    return "\n".join(
-        [prompt, f"Negative prompt: {recipe.get('negative_prompt', '')}", ", ".join(s for s in settings if s)]
-    )
 
 
 def write_result(path: str | Path, image: np.ndarray, metadata: dict) -> Path:

@@ -287,6 +287,25 @@ class Query:
     args: dict[str, Any] = field(default_factory=dict)
 
 
+def a1111_parameters(metadata: dict[str, Any]) -> str:
+    """The A1111-style `parameters` text: prompt / negative prompt / settings (line 1 prompt, line 2 negative
+    prompt, line 3 settings), read by many tools; written into PNGs by both the CLI and the GUI."""
+    recipe = metadata.get("recipe") or {}
+    params = recipe.get("params", {})
+    prompt = recipe.get("target_prompt") or recipe.get("source_prompt") or ""
+    settings = [
+        f"Steps: {params['steps']}" if "steps" in params else None,
+        f"Sampler: {metadata.get('method_title', metadata.get('method', recipe.get('method', '')))}",
+        f"CFG scale: {params['guidance']}" if "guidance" in params else None,
+        f"Seed: {recipe.get('seed', 0)}",
+        f"Size: {metadata.get('width', '?')}x{metadata.get('height', '?')}",
+        f"Model: {metadata.get('model', recipe.get('model', ''))}",
+    ]
+    return "\n".join(
+        [prompt, f"Negative prompt: {recipe.get('negative_prompt', '')}", ", ".join(s for s in settings if s)]
+    )
+
+
 # --- events ------------------------------------------------------------------------------------------------
 
 

@@ -89,7 +89,8 @@ def _unit_variance_scaling(vae: AutoencoderKL) -> float:
     return round(1.0 / vae.encode(images).latent_dist.mean.std().item(), 5)
 
 
-def _scheduler_config() -> dict:
+def sd_scheduler_config() -> dict:
+    """SD 1.x's noise schedule (scaled-linear betas, 1000 steps), as a DDIM config."""
     return dict(
         DDIMScheduler(
             num_train_timesteps=1000,
@@ -99,6 +100,7 @@ def _scheduler_config() -> dict:
             clip_sample=False,
             set_alpha_to_one=False,
             steps_offset=1,
+            prediction_type="epsilon",
         ).config
     )
 
@@ -131,7 +133,7 @@ def build_tiny(family: str = "sd1", seed: int = 0) -> ModelBundle:
         vae=vae,
         text_encoders=text_encoders,
         tokenizers=tokenizers,
-        scheduler_config=_scheduler_config(),
+        scheduler_config=sd_scheduler_config(),
         device=torch.device("cpu"),
         dtype=torch.float32,
         default_size=TINY_IMAGE_SIZE,

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from backend.protocol import a1111_parameters
 from desktop_app.document.atomic import atomic_write
 from desktop_app.document.imagefile import ImageFileError, check_file
 
@@ -23,24 +24,6 @@ log = logging.getLogger(__name__)
 
 PARAMETERS_KEY = "parameters"
 ATELIER_KEY = "atelier"
-
-
-def a1111_parameters(metadata: dict[str, Any]) -> str:
-    """The A1111-style `parameters` text: prompt / negative prompt / settings (as backend.imageio writes it)."""
-    recipe = metadata.get("recipe") or {}
-    params = recipe.get("params", {})
-    prompt = recipe.get("target_prompt") or recipe.get("source_prompt") or ""
-    settings = [
-        f"Steps: {params['steps']}" if "steps" in params else None,
-        f"Sampler: {metadata.get('method_title', metadata.get('method', recipe.get('method', '')))}",
-        f"CFG scale: {params['guidance']}" if "guidance" in params else None,
-        f"Seed: {recipe.get('seed', 0)}",
-        f"Size: {metadata.get('width', '?')}x{metadata.get('height', '?')}",
-        f"Model: {metadata.get('model', recipe.get('model', ''))}",
-    ]
-    return "\n".join(
-        [prompt, f"Negative prompt: {recipe.get('negative_prompt', '')}", ", ".join(s for s in settings if s)]
-    )
 
 
 def export_png(

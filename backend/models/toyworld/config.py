@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
+
+from backend.models.tiny import sd_scheduler_config
 
 
 @dataclass(frozen=True)
@@ -121,18 +123,7 @@ def build_unet(config: ModelConfig) -> UNet2DConditionModel:
 
 def scheduler_config() -> dict:
     """SD 1.x's noise schedule (what the app's DDIM loops and the trainer's noising both use)."""
-    return dict(
-        DDIMScheduler(
-            num_train_timesteps=1000,
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="scaled_linear",
-            clip_sample=False,
-            set_alpha_to_one=False,
-            steps_offset=1,
-            prediction_type="epsilon",
-        ).config
-    )
+    return sd_scheduler_config()
 
 
 def parameter_count(module) -> int:
