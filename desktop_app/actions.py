@@ -1,8 +1,9 @@
 """The main window's menus, toolbar and shortcuts (UX.md's conventions table), in one place.
 
 Shortcuts are window-wide so tools switch while the Layers panel or the method panel has focus. Single keys (B, E,
-R, L, G, [, ]) do not fire while the user types: a line edit claims the keys it would type (Qt's ShortcutOverride)
-before any shortcut sees them, and the same holds for Ctrl+Z, Ctrl+V and Ctrl+Backspace, which edit the text there.
+R, L, G, S, D, M, [, ]) do not fire while the user types: a line edit claims the keys it would type (Qt's
+ShortcutOverride) before any shortcut sees them, and the same holds for Backspace, Ctrl+Z, Ctrl+V and
+Ctrl+Backspace, which edit the text there. Enter applies a segment only on the canvas (dialogs and forms need it).
 The Layer menu reuses the Layers panel's own actions, so its Del shortcut stays scoped to the panel.
 """
 
@@ -25,12 +26,17 @@ if TYPE_CHECKING:
 
 ZOOM_STEP = 1.25
 TOOL_KEYS = {"brush": "B", "eraser": "E", "rectangle": "R", "lasso": "L", "fill": "G"}
+TOOL_KEYS |= {"segment": "S", "drag": "D", "move": "M"}
+TOOL_TITLES = {"drag": "Drag Points", "move": "Move Region"}
 TOOL_TIPS = {
     "brush": "Paint the active mask",
     "eraser": "Erase from the active mask",
     "rectangle": "Fill a rectangle of the mask (Alt: subtract)",
     "lasso": "Fill a free-hand outline (Alt: subtract)",
     "fill": "Flood-fill the unpainted region under the click (Alt: clear)",
+    "segment": "Select an object: click to include, Shift+click to exclude, drag a box; Enter adds it to the mask",
+    "drag": "Drag points: click a handle (red), then where it should go (blue); drag a point to move it",
+    "move": "Move the active mask's region: drag inside it to move, drag a corner or turn the wheel to scale",
 }
 
 
@@ -124,6 +130,10 @@ class WindowActions:
         # Not Del: the Layers panel uses Del (while it has focus) to delete the layer.
         self.clear_mask_action = self._action("&Clear Mask", canvas.clear_mask, "Ctrl+Backspace", needs_document=True)
         menu.addActions([self.fill_mask_action, self.invert_mask_action, self.clear_mask_action])
+        menu.addSeparator()
+        self.preferences_action = self._action("Pre&ferences…", window.preferences.open, "Ctrl+,")
+        self.preferences_action.setMenuRole(QAction.MenuRole.PreferencesRole)  # macOS: Atelier ▸ Settings…
+        menu.addAction(self.preferences_action)
 
     def _view_menu(self) -> None:
         window, canvas = self.window, self.window.canvas
@@ -149,13 +159,25 @@ class WindowActions:
         group = QActionGroup(self.window)
         group.setExclusive(True)
         for name in TOOLS:
-            action = self._action(name.capitalize(), lambda name=name: self._set_tool(name), TOOL_KEYS[name])
+            title = TOOL_TITLES.get(name, name.capitalize())
+            action = self._action(title, lambda name=name: self._set_tool(name), TOOL_KEYS[name])
             action.setToolTip(f"{TOOL_TIPS[name]} ({TOOL_KEYS[name]})")
             action.setCheckable(True)
             group.addAction(action)
             self.tool_actions[name] = action
         self.tool_actions[self.window.tool_state.tool].setChecked(True)
         menu.addActions(list(self.tool_actions.values()))
+        menu.addSeparator()
+        canvas = self.window.canvas
+        self.apply_segment_action = self._action("&Apply Segment", canvas.apply_segment, needs_document=True)
+        self.apply_segment_action.setToolTip("Add the segment proposal to the active mask (Enter on the canvas)")
+        self.remove_point_action = self._action(
+            "Remove &Last Point", canvas.remove_last_point, "Backspace", needs_document=True
+        )
+        self.remove_point_action.setToolTip("Take back the last segment prompt or drag point (Backspace)")
+        self.clear_points_action = self._action("Clear &Drag Points", canvas.clear_drag_points, needs_document=True)
+        self.clear_points_action.setToolTip("Remove every handle -> target pair of the drag layer")
+        menu.addActions([self.apply_segment_action, self.remove_point_action, self.clear_points_action])
         menu.addSeparator()
         self.grow_action = self._action("&Bigger Brush", self.window.tool_state.grow, "]")
         self.shrink_action = self._action("&Smaller Brush", self.window.tool_state.shrink, "[")

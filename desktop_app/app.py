@@ -15,7 +15,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from desktop_app.settings import Settings
 
 # --measure-startup also counts from here (a few stdlib imports in: microseconds), for systems without /proc.
 IMPORTED_AT = time.perf_counter()
@@ -44,7 +47,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="atelier", description="Training-free diffusion image editing.")
     parser.add_argument("--image", metavar="PATH", help="image to open at start")
     parser.add_argument("--model", help=f"model id or folder (default: the one in the settings, {DEFAULT_MODEL})")
-    parser.add_argument("--device", default="auto", help="backend device: auto, cuda, mps or cpu")
+    parser.add_argument("--device", help="backend device for this run: auto, cuda, mps or cpu (default: the settings)")
     parser.add_argument(
         "--smoke-test",
         action="store_true",
@@ -64,12 +67,14 @@ def run_gui(args: argparse.Namespace, qt_args: list[str]) -> int:
 
     from desktop_app.backend_link import BackendLink
     from desktop_app.main_window import MainWindow
+    from desktop_app.settings import load_settings
 
     app = QApplication([sys.argv[0], *qt_args])
     app.setApplicationName("Atelier")
     app.setOrganizationName("Atelier")
-    link = BackendLink(settings={"device": args.device})
-    window = MainWindow(link, model=args.model)
+    settings = load_settings()
+    link = BackendLink(settings=backend_settings_for_run(settings, args))
+    window = MainWindow(link, model=args.model, settings=settings)
     window_built = time.perf_counter()
 
     def after_first_paint() -> None:
@@ -94,6 +99,17 @@ def run_gui(args: argparse.Namespace, qt_args: list[str]) -> int:
     finally:
         window.files.end_session()
         link.shutdown()
+
+
+def backend_settings_for_run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    """What the backend starts with: the saved settings, with --device overriding for this run (--model goes to
+    the window)."""
+    from desktop_app.settings import backend_settings
+
+    values = backend_settings(settings)
+    if args.device:
+        values["device"] = args.device
+    return values
 
 
 def call_after_first_paint(window: Any, callback: Callable[[], None]) -> None:

@@ -1,9 +1,10 @@
 """The GUI's handle on the backend: a QThread that owns a `BackendClient` and turns its events into Qt signals.
 
 Every client call happens on the link's own thread. The GUI thread only puts commands on a thread-safe queue
-(`submit`, `cancel`, `request_methods`, `shutdown`) and receives events through queued signals, handled in one
-dispatch function. Previews are throttled on the link's thread, before they cross over, so a fast sampler cannot
-flood the GUI with repaints; the last preview of a job is always delivered, before the job's terminal event.
+(`submit`, `cancel`, `request_methods`, `request_models`, `restart`, `shutdown`) and receives events through queued
+signals, handled in one dispatch function. Previews are throttled on the link's thread, before they cross over, so a
+fast sampler cannot flood the GUI with repaints; the last preview of a job is always delivered, before the job's
+terminal event.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from backend.protocol import EditRequest, Event, MethodInfo, Query
 
 logger = logging.getLogger(__name__)
 
+RESTARTED = "cancelled: the backend restarted with new settings"
 POLL_TIMEOUT = 0.05  # seconds one tick waits for an event; also the latency of commands
 MAX_EVENTS_PER_TICK = 64  # then commands get their turn even while events keep streaming in
 PREVIEW_INTERVAL = 1 / 15  # at most ~15 preview repaints a second
@@ -38,7 +40,7 @@ class ClientLike(Protocol):
     def poll(self, timeout: float = 0.0) -> Event | None: ...
 
 
-ClientFactory = Callable[[], ClientLike]
+ClientFactory = Callable[[dict[str, Any]], ClientLike]  # called with the backend settings
 
 
 class PreviewThrottle:
@@ -85,25 +87,23 @@ class _Poller(QObject):
 
     delivered = Signal(object)  # Event
     methods = Signal(object)  # list[MethodInfo]
+    models = Signal(object)  # list[dict]: the backend's model list (id, title, source, location, ...)
 
-    def __init__(self, client_factory: ClientFactory, commands: queue.SimpleQueue) -> None:
+    def __init__(self, client_factory: ClientFactory, commands: queue.SimpleQueue, settings: dict[str, Any]) -> None:
         super().__init__()
         self.client: ClientLike | None = None
         self._factory = client_factory
         self._commands = commands
-        self._queries: set[str] = set()
+        self.settings = dict(settings)  # the next client's; written by the GUI thread only before the thread starts
+        self._queries: dict[str, Query] = {}  # asked and not answered yet
+        self._edits: set[str] = set()  # submitted edits without their terminal event yet
         self._throttle = PreviewThrottle()
         self._timer: QTimer | None = None
 
     @Slot()
     def begin(self) -> None:
         """Thread started: make and start the client, then tick until told to stop."""
-        try:
-            self.client = self._factory()
-            self.client.start()
-        except Exception as error:
-            logger.exception("could not start the backend")
-            self.delivered.emit(link_error("", "backend-unavailable", f"could not start the backend: {error}"))
+        self._start_client()
         self._timer = QTimer(self)
         self._timer.setInterval(0)  # each tick blocks up to POLL_TIMEOUT in poll(); the event loop runs between
         self._timer.timeout.connect(self._tick)
@@ -147,7 +147,44 @@ class _Poller(QObject):
                 return False
             self._command(name, argument)
 
+    def _start_client(self) -> None:
+        try:
+            self.client = self._factory(dict(self.settings))
+            self.client.start()
+        except Exception as error:
+            self.client = None
+            logger.exception("could not start the backend")
+            self.delivered.emit(link_error("", "backend-unavailable", f"could not start the backend: {error}"))
+
+    def _restart(self, settings: dict[str, Any]) -> None:
+        """Stop the client (which cancels its running and waiting jobs) and start a new one with `settings`.
+
+        Unanswered queries are asked again of the new client; an edit the old client never ended gets `cancelled`,
+        so the window never waits for a job that is gone."""
+        if self.client is not None:
+            try:
+                self.client.stop()
+                while (event := self.client.poll(0.0)) is not None:  # the cancellations stop() reports
+                    if event.job_id in self._queries and event.kind != "result":
+                        continue  # a question cut short by the stop: asked again below
+                    self._handle(event)
+            except Exception:
+                logger.exception("stopping the backend for a restart failed")
+        for job_id in sorted(self._edits):
+            self.delivered.emit(Event(kind="cancelled", job_id=job_id, message=RESTARTED))
+        self._edits.clear()
+        self._throttle = PreviewThrottle()
+        self.settings = dict(settings)
+        logger.info("restarting the backend with %s", self.settings)
+        self._start_client()
+        questions, self._queries = list(self._queries.values()), {}
+        for query in questions:
+            self._command("query", query)
+
     def _command(self, name: str, argument: Any) -> None:
+        if name == "restart":
+            self._restart(argument)
+            return
         job_id = getattr(argument, "job_id", None) or ""
         if self.client is None:
             self.delivered.emit(link_error(job_id, "backend-unavailable", "the backend is not running"))
@@ -157,7 +194,9 @@ class _Poller(QObject):
                 self.client.cancel(argument)
                 return
             if name == "query":
-                self._queries.add(job_id)
+                self._queries[job_id] = argument
+            else:
+                self._edits.add(job_id)
             self.client.submit(argument)
         except Exception as error:
             logger.exception("backend command %s failed", name)
@@ -167,6 +206,8 @@ class _Poller(QObject):
         if event.job_id in self._queries:
             self._answer(event)
             return
+        if event.terminal:
+            self._edits.discard(event.job_id)
         if event.kind == "preview":
             event = self._throttle.offer(event)
             if event is None:
@@ -176,19 +217,21 @@ class _Poller(QObject):
         self.delivered.emit(event)
 
     def _answer(self, event: Event) -> None:
-        """A query's reply: the method list goes out as `methods`, never as an edit result."""
+        """A query's reply: the method list goes out as `methods`, the model list as `models`, never as an edit
+        result."""
         if not event.terminal:
             return
-        self._queries.discard(event.job_id)
+        query = self._queries.pop(event.job_id)
         if event.kind != "result":
             self.delivered.emit(event)
             return
         try:
-            infos = [MethodInfo.from_dict(data) for data in event.metadata["methods"]]
+            if query.what == "models":
+                self.models.emit(_model_list(event.metadata["models"]))
+            else:
+                self.methods.emit([MethodInfo.from_dict(data) for data in event.metadata["methods"]])
         except (KeyError, TypeError, ValueError) as error:
-            self.delivered.emit(link_error(event.job_id, "bad-reply", f"unreadable method list: {error!r}"))
-            return
-        self.methods.emit(infos)
+            self.delivered.emit(link_error(event.job_id, "bad-reply", f"unreadable {query.what} list: {error!r}"))
 
     def _stop(self) -> None:
         if self._timer is not None:
@@ -199,6 +242,14 @@ class _Poller(QObject):
             except Exception:
                 logger.exception("stopping the backend failed")
         self.thread().quit()
+
+
+def _model_list(items: Any) -> list[dict[str, Any]]:
+    """The `models` answer as a list of dicts, each with at least a text `id`; ValueError if it is not that."""
+    models = [dict(item) for item in items]
+    if not all(isinstance(model.get("id"), str) and model["id"] for model in models):
+        raise ValueError("a model without an id")
+    return models
 
 
 class BackendLink(QObject):
@@ -213,6 +264,7 @@ class BackendLink(QObject):
     error = Signal(str, str, str, str)  # job_id ("" when not about one job), kind, message, hint
     cancelled = Signal(str)  # job_id
     methods_ready = Signal(object)  # list[MethodInfo]
+    models_ready = Signal(object)  # list[dict] with id, title, source, location, family, default_size
 
     def __init__(
         self,
@@ -221,18 +273,20 @@ class BackendLink(QObject):
         settings: dict[str, Any] | None = None,
         parent: QObject | None = None,
     ) -> None:
-        """`client_factory` is called on the link's thread; by default it makes a `BackendClient(settings)`."""
+        """`client_factory(settings)` is called on the link's thread (at start and at each restart); by default it
+        makes a `BackendClient(settings)`."""
         super().__init__(parent)
-        factory = client_factory or (lambda: BackendClient(settings))
+        self.settings: dict[str, Any] = dict(settings or {})  # what the backend runs (or will run) with
         self.running_job: str | None = None
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = QThread(self)
         self._thread.setObjectName("atelier-backend-link")
-        self._poller = _Poller(factory, self._commands)
+        self._poller = _Poller(client_factory or BackendClient, self._commands, self.settings)
         self._poller.moveToThread(self._thread)
         self._thread.started.connect(self._poller.begin)
         self._poller.delivered.connect(self._dispatch)
         self._poller.methods.connect(self._on_methods)
+        self._poller.models.connect(self.models_ready)
         self._stopped = False
 
     # --- commands (GUI thread) -----------------------------------------------------------------------------
@@ -256,6 +310,21 @@ class BackendLink(QObject):
         query = Query(what="methods")
         self._put("query", query)
         return query.job_id
+
+    def request_models(self) -> str:
+        """Ask the backend for the models it knows; the answer comes as `models_ready` (or `error`)."""
+        query = Query(what="models")
+        self._put("query", query)
+        return query.job_id
+
+    def restart(self, settings: dict[str, Any]) -> None:
+        """Stop the backend and start a new one with `settings`. Its running and waiting jobs end as `cancelled`
+        (the window asks the user first); unanswered method/model requests are asked again of the new one."""
+        self.settings = dict(settings)
+        if self._thread.isRunning():
+            self._put("restart", dict(settings))
+        else:  # not started yet: start() will use the new settings
+            self._poller.settings = dict(settings)
 
     def shutdown(self, timeout_ms: int = SHUTDOWN_WAIT_MS) -> None:
         """Stop the backend process and the thread, waiting for both. Safe to call more than once."""

@@ -77,11 +77,21 @@ class DocumentFiles(QObject):
         self.autosaver: Autosaver | None = None
         self.timer = QTimer(self)
         self.timer.timeout.connect(self.autosave)
-        minutes = self.settings.autosave_minutes
-        if minutes > 0:
+        self.set_autosave_minutes(self.settings.autosave_minutes)
+
+    def set_autosave_minutes(self, minutes: float) -> None:
+        """Autosave every `minutes` from now on; 0 turns autosave off (and removes this session's autosave)."""
+        self.timer.stop()
+        if minutes <= 0:
+            if self.autosaver is not None:
+                self.autosaver.close()
+                self.autosaver = None
+            return
+        if self.autosaver is None:
             # The timer is the clock, so the saver itself need not wait: it saves whenever something changed.
             self.autosaver = Autosaver(autosave_dir(), interval_s=0)
-            self.timer.start(max(1, round(minutes * 60_000)))
+            self.autosaver.label = self.window.document_name
+        self.timer.start(max(1, round(minutes * 60_000)))
 
     # --- opening ------------------------------------------------------------------------------------------
 
@@ -264,14 +274,18 @@ class DocumentFiles(QObject):
             self.autosaver.label = self.window.document_name
 
     def end_session(self) -> None:
-        """A clean exit: nothing is left to recover, the brush is remembered. Safe to call twice."""
+        """A clean exit: nothing is left to recover, the brush and the window layout are remembered. Safe to call
+        twice."""
         self.timer.stop()
         if self.autosaver is not None:
             self.autosaver.close()
             self.autosaver = None
+        changed = self.window.remember_layout()
         state = self.window.tool_state
         if (self.settings.brush_size, self.settings.brush_hardness) != (state.size, state.hardness):
             self.settings.brush_size, self.settings.brush_hardness = state.size, state.hardness
+            changed = True
+        if changed:
             self._save_settings()
 
     # --- questions (replaced in tests) --------------------------------------------------------------------

@@ -30,6 +30,22 @@ class AddLayer(QUndoCommand):
             self.document.set_active(self._previous_active)
 
 
+class AddedLayer(AddLayer):
+    """AddLayer for a layer a tool already put in the document (a brush stroke shows its new mask while it paints):
+    the first redo, which QUndoStack.push runs, must not add it a second time; later redos do."""
+
+    def __init__(self, document: Document, layer: Layer, previous_active: str | None, text: str = "") -> None:
+        super().__init__(document, layer, text=text)
+        self._previous_active = previous_active
+        self._skip_first_redo = True
+
+    def redo(self) -> None:
+        if self._skip_first_redo:
+            self._skip_first_redo = False
+            return
+        super().redo()
+
+
 class RemoveLayer(QUndoCommand):
     def __init__(self, document: Document, layer_id: str) -> None:
         layer = document.layer(layer_id)
@@ -61,7 +77,8 @@ class SetProperty(QUndoCommand):
     """One property of one layer. Consecutive changes of the same property (an opacity slider drag) merge.
 
     `merge_key` names the gesture a change belongs to: only changes with equal keys merge, so two separate slider
-    drags stay two undo steps (the default None merges every consecutive change, as before)."""
+    drags stay two undo steps (the default None merges every consecutive change, as before). Other properties
+    merge only when given a key (the wheel scaling a region: one step per burst of notches)."""
 
     MERGE_ID = 1001
 
@@ -81,7 +98,7 @@ class SetProperty(QUndoCommand):
         self.document.set_property(self.layer_id, self.name, self.old)
 
     def id(self) -> int:
-        return self.MERGE_ID if self.name == "opacity" else -1
+        return self.MERGE_ID if self.name == "opacity" or self.merge_key is not None else -1
 
     def mergeWith(self, other: QUndoCommand) -> bool:  # noqa: N802 - Qt's name
         if not isinstance(other, SetProperty):

@@ -3,18 +3,21 @@ History docks, wired to the backend link.
 
 What it settles: a run builds one `EditRequest` from the document (edit_request.py); previews and the result go to
 the staging pane, never over the user's pixels; accepting a result is one undo step that adds a layer and a history
-entry. Menus and shortcuts live in actions.py, opening/saving/autosave in files.py.
+entry. Menus and shortcuts live in actions.py, opening/saving/autosave in files.py, Edit ▸ Preferences in
+preferences.py.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import logging
 import time
 
 import numpy as np
 from PIL import Image
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QByteArray, Qt
 from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QUndoStack
 from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QMessageBox, QSplitter, QStackedWidget, QWidget
 
@@ -28,6 +31,8 @@ from desktop_app.edit_request import MissingInput, build_request
 from desktop_app.files import DocumentFiles, local_files
 from desktop_app.history import AddHistoryEntry, AddLayer
 from desktop_app.panels import HistoryPanel, LayersPanel, MethodPanel, StagingPanel
+from desktop_app.panels.method import model_name
+from desktop_app.preferences import Preferences
 from desktop_app.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -59,16 +64,20 @@ class MainWindow(QMainWindow):
         self.job_id: str | None = None  # the edit this window submitted and is waiting for
         self.job_request: EditRequest | None = None
         self.error_box: QMessageBox | None = None
+        self.backend_restarting = False  # from a restart with new settings until the new backend lists its methods
         self.setWindowTitle("Atelier")
         self.resize(1400, 900)
         self.setAcceptDrops(True)
         self.setCentralWidget(self._build_central())
         self._build_docks()
         self.files = DocumentFiles(self)
+        self.preferences = Preferences(self)
         self.window_actions = WindowActions(self)
         self._build_status_bar()
         self._connect()
         self.set_document(None)
+        self.set_model(self.model)
+        self.restore_layout()
 
     # --- construction --------------------------------------------------------------------------------------
 
@@ -119,8 +128,9 @@ class MainWindow(QMainWindow):
     def _build_status_bar(self) -> None:
         self.position_label = QLabel()
         self.zoom_label = QLabel()
+        self.model_label = QLabel()
         self.backend_state = QLabel("Backend: starting…")
-        for label in (self.position_label, self.zoom_label, self.backend_state):
+        for label in (self.position_label, self.zoom_label, self.model_label, self.backend_state):
             self.statusBar().addPermanentWidget(label)
 
     def _connect(self) -> None:
@@ -165,6 +175,14 @@ class MainWindow(QMainWindow):
         self.files.document_replaced()
         self.window_actions.document_replaced(document is not None)
         self._update_title()
+
+    def set_model(self, model: str) -> None:
+        """The model the next run uses (a run already submitted keeps its own), shown in the status bar and the
+        method dock."""
+        self.model = model
+        self.model_label.setText(f"Model: {model_name(model)}")
+        self.model_label.setToolTip(model)
+        self.method_panel.set_model(model)
 
     def set_document_name(self, name: str) -> None:
         self.document_name = name
@@ -293,12 +311,15 @@ class MainWindow(QMainWindow):
         self.job_id = None
         self.method_panel.set_finished(stage, complete)
         self.window_actions.set_running(False)
-        self.backend_state.setText(f"Backend: ready — {len(self.method_panel.methods)} methods")
+        if not self.backend_restarting:
+            self.backend_state.setText(f"Backend: ready — {len(self.method_panel.methods)} methods")
+        self.preferences.job_finished()  # a backend restart the user put off until now
 
     # --- backend signals -----------------------------------------------------------------------------------
 
     def _on_methods(self, infos: list[MethodInfo]) -> None:
         self.method_panel.set_methods(infos)
+        self.backend_restarting = False
         self.backend_state.setText(f"Backend: ready — {len(infos)} methods")
 
     def _on_started(self, job_id: str, _message: str) -> None:
@@ -336,7 +357,8 @@ class MainWindow(QMainWindow):
         if job_id and job_id == self.job_id:
             self.staging.clear()
             self._finish_job(f"failed ({kind})")
-        elif not self.method_panel.methods:
+        elif not self.method_panel.methods or self.backend_restarting:
+            self.backend_restarting = False
             self.backend_state.setText("Backend: error")
 
     def _on_cancelled(self, job_id: str) -> None:
@@ -345,7 +367,28 @@ class MainWindow(QMainWindow):
             self._finish_job("cancelled")
             self.show_status("Edit cancelled")
 
-    # --- closing -------------------------------------------------------------------------------------------
+    # --- window layout and closing --------------------------------------------------------------------------
+
+    def restore_layout(self) -> None:
+        """The geometry and dock layout of the last session; a missing or corrupt saved value keeps the default."""
+        for name, restore in (("window_geometry", self.restoreGeometry), ("window_state", self.restoreState)):
+            text = getattr(self.settings, name)
+            if not text:
+                continue
+            try:
+                restored = restore(QByteArray(base64.b64decode(text, validate=True)))
+            except (binascii.Error, ValueError):
+                restored = False
+            if not restored:
+                logger.warning("the saved %s could not be restored; using the default", name.replace("_", " "))
+
+    def remember_layout(self) -> bool:
+        """Put the window's geometry and dock layout into the settings (not saved yet); True if they changed."""
+        geometry = base64.b64encode(self.saveGeometry().data()).decode("ascii")
+        state = base64.b64encode(self.saveState().data()).decode("ascii")
+        changed = (geometry, state) != (self.settings.window_geometry, self.settings.window_state)
+        self.settings.window_geometry, self.settings.window_state = geometry, state
+        return changed
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt's name
         if not self.files.confirm_discard_changes():

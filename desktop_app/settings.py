@@ -7,6 +7,8 @@ start), and saving is atomic.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import os
@@ -28,6 +30,8 @@ FILE_NAME = "settings.json"
 MAX_RECENT = 10
 DTYPES = ("auto", "fp16", "float16", "bf16", "fp32")  # what backend.models.loading.choose_dtype accepts
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+# What the backend process is started with (backend.jobs.WorkerState reads these); a change needs a restart.
+BACKEND_KEYS = ("device", "dtype", "previews", "models_dir")
 
 
 @dataclass
@@ -44,6 +48,8 @@ class Settings:
     recent_files: list[str] = field(default_factory=list)
     brush_size: int = 24
     brush_hardness: float = 0.6
+    window_geometry: str = ""  # QMainWindow.saveGeometry(), base64; '' = the default size
+    window_state: str = ""  # QMainWindow.saveState() (docks, toolbar), base64; '' = the default layout
 
     def add_recent(self, path: str | Path) -> None:
         """Put `path` first in the recent files (once), keeping the newest MAX_RECENT."""
@@ -52,6 +58,16 @@ class Settings:
 
     def save(self, path: str | Path | None = None) -> Path:
         return save_settings(self, path)
+
+
+def backend_settings(settings: Settings) -> dict[str, Any]:
+    """The settings the backend process is started with (see BACKEND_KEYS)."""
+    return {key: getattr(settings, key) for key in BACKEND_KEYS}
+
+
+def check_value(name: str, value: Any) -> Any:
+    """The value to store for setting `name`, or ValueError saying what is expected (the settings file's rules)."""
+    return _VALIDATORS[name](value)
 
 
 def config_dir() -> Path:
@@ -158,6 +174,14 @@ def _number(low: float, high: float, integer: bool = False) -> Callable[[Any], f
     return check
 
 
+def _base64(value: Any) -> str:
+    try:
+        base64.b64decode(_text(value), validate=True)
+    except binascii.Error as error:
+        raise ValueError(f"expected base64 ({error})") from None
+    return value
+
+
 def _recent(value: Any) -> list[str]:
     if not isinstance(value, list):
         raise ValueError("expected a list of paths")
@@ -176,7 +200,20 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "recent_files": _recent,
     "brush_size": _number(1, 2048, integer=True),
     "brush_hardness": _number(0, 1),
+    "window_geometry": _base64,
+    "window_state": _base64,
 }
 
 
-__all__ = ["Settings", "autosave_dir", "config_dir", "data_dir", "load_settings", "save_settings", "settings_path"]
+__all__ = [
+    "BACKEND_KEYS",
+    "Settings",
+    "autosave_dir",
+    "backend_settings",
+    "check_value",
+    "config_dir",
+    "data_dir",
+    "load_settings",
+    "save_settings",
+    "settings_path",
+]

@@ -1,5 +1,5 @@
-"""A stand-in for BackendClient for the GUI tests: it answers the methods query and replays a recorded event stream
-for each edit, so the window and the BackendLink run for real without a backend process."""
+"""A stand-in for BackendClient for the GUI tests: it answers the methods and models queries and replays a recorded
+event stream for each edit, so the window and the BackendLink run for real without a backend process."""
 
 from __future__ import annotations
 
@@ -12,6 +12,25 @@ import numpy as np
 from backend.protocol import EditRequest, Event, MethodInfo, Query
 
 Script = Callable[[EditRequest], list[Event]]
+
+MODELS = [
+    {
+        "id": "tiny",
+        "title": "Tiny SD1 test model",
+        "source": "builtin",
+        "location": "sd1",
+        "family": "sd1",
+        "default_size": 64,
+    },
+    {
+        "id": "sd15",
+        "title": "Stable Diffusion 1.5",
+        "source": "hub",
+        "location": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "family": "sd1",
+        "default_size": 512,
+    },
+]
 
 
 def previews(shape: tuple[int, int] = (8, 8)) -> list[np.ndarray]:
@@ -39,14 +58,24 @@ def recorded_stream(request: EditRequest, metadata: dict | None = None) -> list[
 
 
 class FakeClient:
-    """Answers the methods query with `methods` and replays `script(request)` for each edit.
+    """Answers the methods query with `methods`, the models query with `models`, and replays `script(request)` for
+    each edit. `settings` are kept, as BackendClient's constructor takes them.
 
     With `hold_at_step`, an edit stops after that step's preview until it is cancelled (as a long job would)."""
 
     pid = 4242
 
-    def __init__(self, methods: list[MethodInfo], script: Script = recorded_stream, hold_at_step: int | None = None):
+    def __init__(
+        self,
+        methods: list[MethodInfo],
+        script: Script = recorded_stream,
+        hold_at_step: int | None = None,
+        settings: dict | None = None,
+        models: list[dict] | None = None,
+    ):
         self.methods = methods
+        self.settings = dict(settings or {})
+        self.models = MODELS if models is None else models
         self.script = script
         self.hold_at_step = hold_at_step
         self.submitted: list[EditRequest | Query] = []
@@ -67,8 +96,11 @@ class FakeClient:
         self.threads.add(threading.get_ident())
         self.submitted.append(job)
         if isinstance(job, Query):
-            methods = [info.to_dict() for info in self.methods]
-            self._events.put(Event(kind="result", job_id=job.job_id, metadata={"methods": methods}))
+            if job.what == "models":
+                answer = {"models": [dict(model) for model in self.models]}
+            else:
+                answer = {"methods": [info.to_dict() for info in self.methods]}
+            self._events.put(Event(kind="result", job_id=job.job_id, metadata=answer))
             return job.job_id
         for event in self.script(job):
             self._events.put(event)
@@ -102,7 +134,7 @@ def open_window(qtbot, client: FakeClient, settings=None):
     from desktop_app.main_window import MainWindow
     from desktop_app.settings import Settings
 
-    link = BackendLink(client_factory=lambda: client)
+    link = BackendLink(client_factory=lambda _settings: client)
     window = MainWindow(link, model="tiny", settings=settings if settings is not None else Settings(autosave_minutes=0))
     window.files.ask_save_changes = lambda _name: "discard"
     qtbot.addWidget(window)

@@ -278,7 +278,7 @@ def test_a_burst_of_previews_is_thinned_and_ends_with_the_last(qtbot):
         events += [Event(kind="preview", job_id=job_id, step=s, image=np.zeros((2, 2, 3), np.uint8)) for s in range(50)]
         return [*events, Event(kind="result", job_id=job_id, image=green(16, 16))]
 
-    link = BackendLink(client_factory=lambda: FakeClient(METHODS, script=burst))
+    link = BackendLink(client_factory=lambda _settings: FakeClient(METHODS, script=burst))
     kinds: list[str] = []
     steps: list[int] = []
     link.event.connect(lambda event: kinds.append(event.kind))
@@ -292,7 +292,7 @@ def test_a_burst_of_previews_is_thinned_and_ends_with_the_last(qtbot):
 
 
 def test_a_client_that_fails_to_start_is_reported(qtbot):
-    def broken() -> FakeClient:
+    def broken(_settings: dict) -> FakeClient:
         raise OSError("no python here")
 
     link = BackendLink(client_factory=broken)

@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 from PySide6.QtCore import QRectF
-from PySide6.QtGui import QImage, QPainter
+from PySide6.QtGui import QColor, QImage, QPainter, QPainterPath
 from PySide6.QtWidgets import QGraphicsItem, QGraphicsScene, QStyleOptionGraphicsItem, QWidget
 from shiboken6 import Shiboken
 
-from desktop_app.canvas.overlays import DragOverlay
+from desktop_app.canvas.drag import Box, region_box
+from desktop_app.canvas.overlays import DragOverlay, RegionOverlay, RegionShape, mask_outline
 from desktop_app.document import (
     ROLE_COLOURS,
     Document,
@@ -33,6 +34,7 @@ from desktop_app.document import (
     ObjectLayer,
     RasterLayer,
     ReferenceLayer,
+    RegionMove,
 )
 
 log = logging.getLogger(__name__)
@@ -177,7 +179,8 @@ class ImageItem(QGraphicsItem):
 
 class DocumentScene(QGraphicsScene):
     """A scene mirroring one Document: an ImageItem per raster, mask, object and reference layer, a DragOverlay
-    per drag layer; it follows the document's events, and pixels_changed repaints only the changed rectangle."""
+    per drag layer, one RegionOverlay for the region moves of all drag layers; it follows the document's events,
+    and pixels_changed repaints only the changed rectangle."""
 
     def __init__(self, parent: Any = None) -> None:
         super().__init__(parent)
@@ -185,6 +188,12 @@ class DocumentScene(QGraphicsScene):
         self._items: dict[str, QGraphicsItem] = {}
         self._listener: WeakListener | None = None
         self._view_scale = 1.0
+        self.regions = RegionOverlay()
+        self.regions.setZValue(Z_ANNOTATIONS - 1)  # under the drag arrows, over every mask tint
+        self.addItem(self.regions)
+        self._outlines: dict[str, tuple[QPainterPath, Box] | None] = {}  # mask layer id -> its outline and box
+        self._region_preview: RegionMove | None = None
+        self._region_handles: str | None = None
 
     def set_document(self, document: Document | None) -> None:
         if self._listener is not None:
@@ -193,15 +202,17 @@ class DocumentScene(QGraphicsScene):
         for item in self._items.values():
             self.removeItem(item)
         self._items.clear()
+        self._outlines.clear()
+        self._region_preview = self._region_handles = None
         self.document = document
-        if document is None:
-            return
-        for layer in document.layers:
-            self._add(layer)
-        self._restack()
-        events = document.events
-        emitters = [events.layer_added, events.layer_removed, events.layer_moved, events.layer_changed]
-        self._listener = WeakListener(self, "on_event", [*emitters, events.pixels_changed])
+        if document is not None:
+            for layer in document.layers:
+                self._add(layer)
+            self._restack()
+            events = document.events
+            emitters = [events.layer_added, events.layer_removed, events.layer_moved, events.layer_changed]
+            self._listener = WeakListener(self, "on_event", [*emitters, events.pixels_changed])
+        self._refresh_regions()
 
     def item_for(self, layer_id: str) -> QGraphicsItem | None:
         return self._items.get(layer_id)
@@ -209,9 +220,30 @@ class DocumentScene(QGraphicsScene):
     def set_view_scale(self, scale: float) -> None:
         """Overlays drawn at a constant size on screen need the zoom to know their extent in the scene."""
         self._view_scale = scale
+        self.regions.set_view_scale(scale)
         for item in self._items.values():
             if isinstance(item, DragOverlay):
                 item.set_view_scale(scale)
+
+    def set_region_preview(self, move: RegionMove | None) -> None:
+        """Show this move of its mask's region instead of the stored one (while the user drags it)."""
+        self._region_preview = move
+        self._refresh_regions()
+
+    def set_region_handles(self, mask_layer_id: str | None) -> None:
+        """Draw the box and corner handles of this mask's region (the move tool's active region), stored or not."""
+        if mask_layer_id != self._region_handles:
+            self._region_handles = mask_layer_id
+            self._refresh_regions()
+
+    def region_outline(self, mask_layer_id: str) -> tuple[QPainterPath, Box] | None:
+        """A mask's outline and box, cached until its pixels change; None for an empty or missing mask."""
+        if mask_layer_id not in self._outlines:
+            layer = self._layer(mask_layer_id)
+            mask = layer.pixel_array() if isinstance(layer, (MaskLayer, ObjectLayer)) else None
+            box = None if mask is None else region_box(mask)
+            self._outlines[mask_layer_id] = None if box is None else (mask_outline(mask), box)
+        return self._outlines[mask_layer_id]
 
     # --- following the document ---------------------------------------------------------------------------
 
@@ -231,6 +263,10 @@ class DocumentScene(QGraphicsScene):
             self._changed(event.layer, event.attribute)
         elif kind == "pixels_changed":
             self._repaint(event.layer, *event.rect)
+        if kind in ("layer_removed", "pixels_changed") or (kind == "layer_changed" and event.attribute == "mask"):
+            self._outlines.pop(event.layer.id, None)
+        if self._touches_regions(event):
+            self._refresh_regions()
 
     def _add(self, layer: Layer) -> None:
         if isinstance(layer, DragLayer):
@@ -264,6 +300,45 @@ class DocumentScene(QGraphicsScene):
         elif attribute in ("x", "y", "scale") and isinstance(layer, ReferenceLayer):
             item.setPos(layer.x, layer.y)
             item.setScale(layer.scale)
+
+    # --- region moves -------------------------------------------------------------------------------------------
+
+    def _touches_regions(self, event: DocumentEvent) -> bool:
+        layer = event.layer
+        if isinstance(layer, DragLayer):
+            return event.type != "layer_changed" or event.attribute in ("regions", "visible")
+        return event.type != "layer_moved" and layer.id in self._shown_regions()
+
+    def _shown_regions(self) -> set[str]:
+        ids = {move.mask_layer_id for layer in self._drag_layers() for move in layer.regions}
+        ids |= {self._region_handles} if self._region_handles else set()
+        return ids | ({self._region_preview.mask_layer_id} if self._region_preview else set())
+
+    def _drag_layers(self) -> list[DragLayer]:
+        if self.document is None:
+            return []
+        return [layer for layer in self.document.layers_of(DragLayer) if layer.visible]  # type: ignore[misc]
+
+    def _refresh_regions(self) -> None:
+        moves = {move.mask_layer_id: move for layer in self._drag_layers() for move in layer.regions}
+        for extra in (self._region_handles, self._region_preview and self._region_preview.mask_layer_id):
+            if extra and extra not in moves:  # the region being edited, not stored yet
+                moves[extra] = RegionMove(extra)
+        if self._region_preview is not None:
+            moves[self._region_preview.mask_layer_id] = self._region_preview
+        shapes = []
+        for mask_layer_id, move in moves.items():
+            layer = self._layer(mask_layer_id)
+            outline = self.region_outline(mask_layer_id) if layer is not None else None
+            if outline is not None:
+                red, green, blue, _ = tint_colour(layer)
+                shapes.append(RegionShape(outline[0], outline[1], move, QColor(red, green, blue)))
+        self.regions.set_regions(shapes, self._region_handles)
+
+    def _layer(self, layer_id: str) -> Layer | None:
+        if self.document is None:
+            return None
+        return next((layer for layer in self.document.layers if layer.id == layer_id), None)
 
     def _repaint(self, layer: Layer, x: int, y: int, width: int, height: int) -> None:
         item = self._items.get(layer.id)

@@ -1,4 +1,5 @@
 """Mask tools without Qt: brush, eraser, rectangle, lasso, flood fill; fill / invert / clear of a whole mask.
+(The point tools' Qt-free halves: segment.py for click-to-segment, drag.py for drag points and region moves.)
 
 Pointer tools are generators (napari's pattern). A factory returns one already started; the caller sends image
 positions with `send((x, y))` — the first is the press, the next ones are moves — and `send(RELEASE)` ends the
@@ -29,7 +30,9 @@ Outline = list[Point] | None
 ToolGenerator = Generator[Outline, "Point | None", "UndoRecord | None"]
 
 RELEASE = None  # what the caller sends on mouse release
-TOOLS = ("brush", "eraser", "rectangle", "lasso", "fill")
+MASK_TOOLS = ("brush", "eraser", "rectangle", "lasso", "fill")
+POINT_TOOLS = ("segment", "drag", "move")  # click-to-segment, drag points, region move (segment.py, drag.py)
+TOOLS = MASK_TOOLS + POINT_TOOLS
 MIN_SIZE, MAX_SIZE = 1, 512
 SIZE_STEP = 1.25  # [ and ] multiply/divide the size by this: equal steps on a log scale, as Krita and GIMP do
 
@@ -115,7 +118,7 @@ def paintable_layer(document: Document) -> Layer | None:
 # --- driving a tool ---------------------------------------------------------------------------------------------
 
 
-def _started(factory: Callable[..., ToolGenerator]) -> Callable[..., ToolGenerator]:
+def started(factory: Callable[..., ToolGenerator]) -> Callable[..., ToolGenerator]:
     """Run a tool generator to its first `yield`, so the caller's first `send` is the press."""
 
     @wraps(factory)
@@ -231,7 +234,7 @@ class _StrokeBuffer:
         return UndoRecord(self.layer_id, (x0, y0), before, after, text)
 
 
-@_started
+@started
 def stroke(document: Document, layer_id: str, size: float, hardness: float, erase: bool = False) -> ToolGenerator:
     """Brush (or eraser) stroke into a mask, painted live; returns one record for the whole stroke."""
     buffer = _StrokeBuffer(document, layer_id, erase)
@@ -255,7 +258,7 @@ def stroke(document: Document, layer_id: str, size: float, hardness: float, eras
 # --- selections -------------------------------------------------------------------------------------------------
 
 
-@_started
+@started
 def rectangle(document: Document, layer_id: str, subtract: bool = False) -> ToolGenerator:
     """Drag a rectangle; on release it is filled with 255 (or cleared to 0 with `subtract`)."""
     _mask_of(document, layer_id)
@@ -268,7 +271,7 @@ def rectangle(document: Document, layer_id: str, subtract: bool = False) -> Tool
     return fill_rect(document, layer_id, start, end, subtract)
 
 
-@_started
+@started
 def lasso(document: Document, layer_id: str, subtract: bool = False) -> ToolGenerator:
     """Draw a free polygon; on release its inside is filled with 255 (or cleared with `subtract`)."""
     _mask_of(document, layer_id)
@@ -283,7 +286,7 @@ def lasso(document: Document, layer_id: str, subtract: bool = False) -> ToolGene
     return fill_polygon(document, layer_id, points, subtract)
 
 
-@_started
+@started
 def fill(document: Document, layer_id: str, subtract: bool = False) -> ToolGenerator:
     """Click: flood-fill the unpainted region under the click (or clear the painted one with `subtract`)."""
     _mask_of(document, layer_id)
@@ -347,15 +350,15 @@ def flood_fill(document: Document, layer_id: str, point: Point, subtract: bool =
 
 
 def fill_mask(document: Document, layer_id: str) -> UndoRecord | None:
-    return _replace(document, layer_id, np.full_like(_mask_of(document, layer_id), 255), "Fill mask")
+    return replace_mask(document, layer_id, np.full_like(_mask_of(document, layer_id), 255), "Fill mask")
 
 
 def invert_mask(document: Document, layer_id: str) -> UndoRecord | None:
-    return _replace(document, layer_id, 255 - _mask_of(document, layer_id), "Invert mask")
+    return replace_mask(document, layer_id, 255 - _mask_of(document, layer_id), "Invert mask")
 
 
 def clear_mask(document: Document, layer_id: str) -> UndoRecord | None:
-    return _replace(document, layer_id, np.zeros_like(_mask_of(document, layer_id)), "Clear mask")
+    return replace_mask(document, layer_id, np.zeros_like(_mask_of(document, layer_id)), "Clear mask")
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
@@ -380,7 +383,7 @@ def _set_region(
     return UndoRecord(layer_id, (int(x), int(y)), before, after, text)
 
 
-def _replace(document: Document, layer_id: str, new: np.ndarray, text: str) -> UndoRecord | None:
+def replace_mask(document: Document, layer_id: str, new: np.ndarray, text: str) -> UndoRecord | None:
     """Write `new` over the whole mask, recording only the box where something changed (small undo memory)."""
     changed = _mask_of(document, layer_id) != new
     if not changed.any():

@@ -1,16 +1,22 @@
-"""The canvas: a QGraphicsView showing a Document, with zoom, pan and the mask tools.
+"""The canvas: a QGraphicsView showing a Document, with zoom, pan, the mask tools and the point tools.
 
-Input only turns into tool calls here; the tools (tools.py) paint the document live, the scene (render.py) follows
+Input only turns into tool calls here; the mask tools (tools.py) paint the document live, the point tools
+(point_tools.py: segment, drag points, region move) keep what is not applied yet, the scene (render.py) follows
 the document's events, and each finished gesture becomes one command on the undo stack.
+
+Click-to-segment asks a segmenter for each change of its prompts: `segment_requested(request_id, image, include,
+exclude, box)` goes out, `show_segment_proposal(request_id, mask)` brings the answer back (a stale id is dropped);
+or `set_segmenter(callable)` answers in-process.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from PySide6.QtCore import QEvent, QPointF, QRectF, Qt, Signal
+from PySide6.QtCore import QEvent, QPointF, QRectF, Qt, Signal, Slot
 from PySide6.QtGui import (
     QAction,
     QBrush,
@@ -30,16 +36,22 @@ from PySide6.QtWidgets import QFrame, QGraphicsView, QWidget
 
 from desktop_app.canvas import tools
 from desktop_app.canvas.overlays import BrushCursor, GestureOutline
+from desktop_app.canvas.point_tools import DragPointTool, PointTool, RegionMoveTool, free_name
 from desktop_app.canvas.render import DocumentScene, ImageItem, WeakListener
+from desktop_app.canvas.segment import SegmentSession
+from desktop_app.canvas.segment_tool import SegmentTool
 from desktop_app.canvas.tools import ToolGenerator, ToolState, UndoRecord, paintable_layer
-from desktop_app.document import Document, DocumentEvent, Layer, MaskLayer
-from desktop_app.history import AddLayer, PaintPatch
+from desktop_app.document import Document, DocumentEvent, Layer, MaskLayer, ObjectLayer, RasterLayer
+from desktop_app.history import AddedLayer, PaintPatch
 
 MIN_ZOOM, MAX_ZOOM = 1 / 32, 32.0
 WHEEL_STEP = 1.25  # zoom factor per wheel notch (120 eighths of a degree)
 FIT_MARGIN = 12  # device pixels left around the image by fit()
 TOOL_KEYS = {Qt.Key.Key_B: "brush", Qt.Key.Key_E: "eraser", Qt.Key.Key_R: "rectangle", Qt.Key.Key_L: "lasso"}
 TOOL_KEYS[Qt.Key.Key_G] = "fill"  # G: the bucket in Photoshop
+TOOL_KEYS |= {Qt.Key.Key_S: "segment", Qt.Key.Key_D: "drag", Qt.Key.Key_M: "move"}
+ENTER_KEYS = (Qt.Key.Key_Return, Qt.Key.Key_Enter)
+NO_KEYS, ALT = Qt.KeyboardModifier.NoModifier, Qt.KeyboardModifier.AltModifier
 Z_OUTLINES = 30_000.0
 
 
@@ -53,28 +65,16 @@ class _Gesture:
     previous_active: str | None = None
 
 
-class _AddedByGesture(AddLayer):
-    """AddLayer for a layer a gesture already put in the document (shown while painting): the first redo, which
-    QUndoStack.push runs, must not add it a second time; later redos do."""
-
-    def __init__(self, document: Document, layer: Layer, previous_active: str | None) -> None:
-        super().__init__(document, layer)
-        self._previous_active = previous_active
-        self._skip_first_redo = True
-
-    def redo(self) -> None:
-        if self._skip_first_redo:
-            self._skip_first_redo = False
-            return
-        super().redo()
-
-
 class CanvasView(QGraphicsView):
-    """Shows a Document; wheel zoom, Space/middle-drag pan, B/E/R/L/G tools, [ ] brush size, Esc cancels."""
+    """Shows a Document; wheel zoom, Space/middle-drag pan, B/E/R/L/G mask tools, [ ] brush size, S segment
+    (Enter applies), D drag points, M region move, Backspace takes back the last point, Esc cancels."""
 
     zoom_changed = Signal(float)
     cursor_moved = Signal(int, int)  # the image pixel under the pointer (may lie outside the image)
     message = Signal(str)
+    # request id, RGB uint8 image, include points, exclude points, box (x0, y0, x1, y1) or None; answer with
+    # show_segment_proposal(request id, mask). Points are (x, y) in image pixels.
+    segment_requested = Signal(int, object, object, object, object)
 
     def __init__(
         self,
@@ -95,6 +95,15 @@ class CanvasView(QGraphicsView):
             item.setVisible(False)
             self._scene.addItem(item)
         self._gesture: _Gesture | None = None
+        self.segment_tool = SegmentTool(self)
+        self.drag_tool = DragPointTool(self)
+        self.region_tool = RegionMoveTool(self)
+        self._point_tools: dict[str, PointTool] = {
+            "segment": self.segment_tool,
+            "drag": self.drag_tool,
+            "move": self.region_tool,
+        }
+        self._document_listener: WeakListener | None = None
         self._pan_from: QPointF | None = None
         self._space_held = False
         self._fit_mode = True  # refit on resize until the user zooms or pans
@@ -135,8 +144,28 @@ class CanvasView(QGraphicsView):
 
     def set_document(self, document: Document | None) -> None:
         self.cancel_gesture()
+        for tool in self._point_tools.values():
+            tool.reset()
+        if self._document_listener is not None:
+            self._document_listener.detach()
+            self._document_listener = None
         self._scene.set_document(document)
+        if document is not None:
+            events = document.events
+            emitters = [events.layer_added, events.layer_removed, events.layer_moved, events.layer_changed]
+            emitters += [events.pixels_changed, events.active_changed]
+            self._document_listener = WeakListener(self, "_on_document_event", emitters)
+        self._update_region_handles()
         self.fit()
+
+    def _on_document_event(self, event: DocumentEvent) -> None:
+        if event.type == "active_changed":
+            self._update_region_handles()
+            return
+        if not isinstance(event.layer, RasterLayer):
+            return
+        if event.type != "layer_changed" or event.attribute in ("visible", "opacity"):
+            self.segment_tool.invalidate_image()  # the picture the segmenter sees has changed
 
     def layer_item(self, layer_id: str) -> ImageItem | None:
         """The item showing a layer (its `pixels` / `image()` are what is on screen); None for drag layers."""
@@ -181,6 +210,8 @@ class CanvasView(QGraphicsView):
         self._update_scene_rect()
         self._scene.set_view_scale(scale)
         self._brush_cursor.set_view_scale(scale)
+        for tool in self._point_tools.values():
+            tool.set_view_scale(scale)
         self.zoom_changed.emit(scale)
 
     def _update_scene_rect(self) -> None:
@@ -226,8 +257,9 @@ class CanvasView(QGraphicsView):
     # --- keys -----------------------------------------------------------------------------------------------
 
     def event(self, event: QEvent) -> bool:
-        # While a gesture runs, Esc is ours even if the window binds Esc (cancel job) as a shortcut.
-        overriding = event.type() == QEvent.Type.ShortcutOverride and self._gesture is not None
+        # While a gesture runs or a tool holds unapplied points, Esc is ours even if the window binds Esc (cancel
+        # job) as a shortcut: the first Esc clears the tool, the next one reaches the window.
+        overriding = event.type() == QEvent.Type.ShortcutOverride and self._can_cancel()
         if overriding and isinstance(event, QKeyEvent) and event.key() == Qt.Key.Key_Escape:
             event.accept()
             return True
@@ -241,9 +273,13 @@ class CanvasView(QGraphicsView):
                 self._update_cursor()
         elif modifiers == Qt.KeyboardModifier.ControlModifier and key in (Qt.Key.Key_0, Qt.Key.Key_1):
             self.fit() if key == Qt.Key.Key_0 else self.actual_size()
-        elif key == Qt.Key.Key_Escape and self._gesture is not None:
+        elif key == Qt.Key.Key_Escape and self._can_cancel():
             self.cancel_gesture()
             self.message.emit("Cancelled")
+        elif key in ENTER_KEYS and self.tool_state.tool == "segment" and modifiers in (NO_KEYS, ALT):
+            self.apply_segment(subtract=modifiers == ALT)
+        elif key == Qt.Key.Key_Backspace and modifiers == NO_KEYS:
+            self.remove_last_point()
         elif modifiers == Qt.KeyboardModifier.NoModifier and key in TOOL_KEYS:
             self.tool_state.tool = TOOL_KEYS[key]
         elif event.text() in ("[", "]"):  # by text: on many layouts [ and ] need AltGr or Shift
@@ -273,8 +309,13 @@ class CanvasView(QGraphicsView):
         if button == Qt.MouseButton.MiddleButton or (button == Qt.MouseButton.LeftButton and self._space_held):
             self._pan_from = event.position()
             self._update_cursor()
-        elif button == Qt.MouseButton.LeftButton and self._gesture is None:
-            self._begin_gesture(self._to_scene(event.position()), event.modifiers())
+        elif button == Qt.MouseButton.LeftButton and self._gesture is None and self._busy_tool() is None:
+            point = self._to_scene(event.position())
+            tool = self._point_tools.get(self.tool_state.tool)
+            if tool is not None:
+                tool.press((point.x(), point.y()), event.modifiers())
+            else:
+                self._begin_gesture(point, event.modifiers())
         event.accept()
 
     def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802 - Qt's name
@@ -289,6 +330,8 @@ class CanvasView(QGraphicsView):
             self._scroll_by(-delta.x(), -delta.y())
         elif self._gesture is not None:
             self._send(point)
+        elif (tool := self._busy_tool()) is not None:
+            tool.move((point.x(), point.y()))
         event.accept()
 
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802 - Qt's name
@@ -298,11 +341,17 @@ class CanvasView(QGraphicsView):
         elif event.button() == Qt.MouseButton.LeftButton and self._gesture is not None:
             self._send(self._to_scene(event.position()))
             self._end_gesture()
+        elif event.button() == Qt.MouseButton.LeftButton and (tool := self._busy_tool()) is not None:
+            point = self._to_scene(event.position())
+            tool.release((point.x(), point.y()))
         event.accept()
 
     def wheelEvent(self, event: QWheelEvent) -> None:  # noqa: N802 - Qt's name
         notches = event.angleDelta().y() / 120.0
-        if notches:
+        point = self._to_scene(event.position())
+        if notches and self.tool_state.tool == "move" and self.region_tool.wheel((point.x(), point.y()), notches):
+            pass  # the wheel over a region scales it
+        elif notches:
             self.zoom_at(WHEEL_STEP**notches, event.position())
         event.accept()
 
@@ -328,7 +377,7 @@ class CanvasView(QGraphicsView):
                 self.message.emit("Select a mask layer to erase from")
                 return
             # Friendlier than refusing: paint on a new edit mask, undone together with the first gesture.
-            layer = created = MaskLayer(_free_name(document, "Edit mask"), mask=np.zeros(document.size[::-1], np.uint8))
+            layer = created = MaskLayer(free_name(document, "Edit mask"), mask=np.zeros(document.size[::-1], np.uint8))
             document.add_layer(created)
             self.message.emit("Painting on a new edit mask")
         elif not layer.visible:
@@ -365,12 +414,16 @@ class CanvasView(QGraphicsView):
             self._drop_created(gesture)
             return
         self.undo_stack.beginMacro(record.text)
-        self.undo_stack.push(_AddedByGesture(self.document, gesture.created, gesture.previous_active))
+        self.undo_stack.push(AddedLayer(self.document, gesture.created, gesture.previous_active))
         self.undo_stack.push(self._patch(record))
         self.undo_stack.endMacro()
 
     def cancel_gesture(self) -> None:
-        """Esc: undo what the running gesture painted, without leaving anything on the undo stack."""
+        """Esc: undo what the running gesture painted, without leaving anything on the undo stack; a point tool
+        drops what it has not applied (segment prompts and proposal, a pending handle, a region being dragged)."""
+        tool = self._point_tools.get(self.tool_state.tool)
+        if tool is not None:
+            tool.cancel()
         gesture, self._gesture = self._gesture, None
         if gesture is None:
             return
@@ -410,12 +463,65 @@ class CanvasView(QGraphicsView):
         if record is not None:
             self.undo_stack.push(self._patch(record))
 
+    # --- point tools: segment, drag points, region move ---------------------------------------------------------
+
+    def set_segmenter(self, segmenter: Callable[..., np.ndarray] | None) -> None:
+        """An in-process segmenter `(image_rgb, include, exclude, box) -> mask` that answers every request at once
+        (segment_requested is still emitted). None: answers come through show_segment_proposal only."""
+        self.segment_tool.segmenter = segmenter
+
+    @Slot(int, object)
+    def show_segment_proposal(self, request_id: int, mask: np.ndarray | None) -> bool:
+        """The segmenter's mask for request `request_id`, shown as the proposal; a stale id is ignored (False)."""
+        return self.segment_tool.show_proposal(request_id, mask)
+
+    @property
+    def segment_session(self) -> SegmentSession | None:
+        return self.segment_tool.session
+
+    def apply_segment(self, subtract: bool = False) -> bool:
+        """Enter (Alt+Enter subtracts): the proposal into the active mask as one undo step."""
+        if self.tool_state.tool != "segment":
+            return False
+        return self.segment_tool.apply(subtract)
+
+    def remove_last_point(self) -> bool:
+        """Backspace: the segment tool's last prompt, or the drag tool's pending handle or last pair."""
+        tool = self.tool_state.tool
+        if self.document is None or tool not in ("segment", "drag"):
+            self.message.emit("Backspace takes back points of the Segment and Drag Points tools")
+            return False
+        return self._point_tools[tool].remove_last()
+
+    def clear_drag_points(self) -> bool:
+        """Every pair of the drag layer, one undo step."""
+        if self.document is None:
+            return False
+        return self.drag_tool.clear()
+
+    def _busy_tool(self) -> PointTool | None:
+        return next((tool for tool in self._point_tools.values() if tool.busy), None)
+
+    def _can_cancel(self) -> bool:
+        tool = self._point_tools.get(self.tool_state.tool)
+        return self._gesture is not None or (tool is not None and tool.can_cancel())
+
+    def _update_region_handles(self) -> None:
+        layer = self.document.active_layer if self.document is not None else None
+        selected = self.tool_state.tool == "move" and isinstance(layer, (MaskLayer, ObjectLayer))
+        self._scene.set_region_handles(layer.id if selected else None)
+
     # --- tool state ---------------------------------------------------------------------------------------------
 
     def set_tool(self, name: str) -> None:
         self.tool_state.tool = name
 
     def _on_tool_event(self, event: DocumentEvent) -> None:
+        if event.type == "tool":
+            for name, tool in self._point_tools.items():
+                if name != event.value:
+                    tool.reset()  # prompts and a pending handle belong to their tool
+            self._update_region_handles()
         self._brush_cursor.set_size(self.tool_state.size)
         self._update_cursor()
 
@@ -429,11 +535,6 @@ class CanvasView(QGraphicsView):
             shape = Qt.CursorShape.OpenHandCursor if self._space_held else Qt.CursorShape.CrossCursor
         self.viewport().setCursor(shape)
         self._brush_cursor.setVisible(self._shows_brush() and self.viewport().underMouse())
-
-
-def _free_name(document: Document, base: str) -> str:
-    names = {layer.name for layer in document.layers}
-    return next(name for n in range(1, len(names) + 2) if (name := base if n == 1 else f"{base} {n}") not in names)
 
 
 def _checker_brush() -> QBrush:

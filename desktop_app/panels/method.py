@@ -7,6 +7,7 @@ defaults, or the parameters of a past result the user chose to reuse, which the 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal
@@ -57,6 +58,8 @@ class MethodPanel(QWidget):
         self.progress_bar = QProgressBar()
         self.progress_bar.setFormat("%v / %m")
         self.stage_label = QLabel()
+        self.model_label = QLabel()  # read-only here: the model is chosen in Edit ▸ Preferences
+        self.model_label.setStyleSheet("color: palette(mid)")
         self._lay_out()
         self.set_running(False)
         self._on_method_changed()
@@ -78,6 +81,7 @@ class MethodPanel(QWidget):
             _row(self.run_button, self.cancel_button),
             self.progress_bar,
             self.stage_label,
+            self.model_label,
         ):
             layout.addWidget(widget)
         layout.addStretch(1)
@@ -95,6 +99,11 @@ class MethodPanel(QWidget):
         self.method_combo.blockSignals(False)
         self.method_combo.setCurrentIndex(max(0, self.method_combo.findData(previous)))
         self._on_method_changed()
+
+    def set_model(self, model: str) -> None:
+        """Show the model the next run uses."""
+        self.model_label.setText(f"Model: {model_name(model)}")
+        self.model_label.setToolTip(f"{model}\nChange it in Edit ▸ Preferences (Ctrl+,)")
 
     def current_method(self) -> MethodInfo | None:
         return self.methods.get(self.method_combo.currentData())
@@ -178,6 +187,12 @@ class MethodPanel(QWidget):
         self.reset_params_button.setVisible(True)
 
 
+def model_name(model: str) -> str:
+    """A model as a user reads it: the name of a folder or file (the full path is long), else the id itself."""
+    path = Path(model)
+    return path.name if path.is_absolute() or model.startswith(("~", ".")) else model
+
+
 def _needs_text(method: MethodInfo | None) -> str:
     """'Needs: prompt, 'object' mask · Can use: 'edit' mask' from the method's declared inputs."""
     if method is None:
@@ -214,4 +229,4 @@ def _row(*widgets: QWidget, stretch_first: bool = False) -> QWidget:
     return row
 
 
-__all__ = ["MethodPanel"]
+__all__ = ["MethodPanel", "model_name"]
