@@ -88,6 +88,7 @@ class _Poller(QObject):
     delivered = Signal(object)  # Event
     methods = Signal(object)  # list[MethodInfo]
     models = Signal(object)  # list[dict]: the backend's model list (id, title, source, location, ...)
+    segments = Signal(str, object)  # query id, uint8 mask: the answer to a click-to-segment request
 
     def __init__(self, client_factory: ClientFactory, commands: queue.SimpleQueue, settings: dict[str, Any]) -> None:
         super().__init__()
@@ -228,6 +229,8 @@ class _Poller(QObject):
         try:
             if query.what == "models":
                 self.models.emit(_model_list(event.metadata["models"]))
+            elif query.what == "segment":
+                self.segments.emit(event.job_id, event.metadata["mask"])
             else:
                 self.methods.emit([MethodInfo.from_dict(data) for data in event.metadata["methods"]])
         except (KeyError, TypeError, ValueError) as error:
@@ -265,6 +268,7 @@ class BackendLink(QObject):
     cancelled = Signal(str)  # job_id
     methods_ready = Signal(object)  # list[MethodInfo]
     models_ready = Signal(object)  # list[dict] with id, title, source, location, family, default_size
+    segment_ready = Signal(str, object)  # query id from request_segment, uint8 mask (0/255)
 
     def __init__(
         self,
@@ -287,6 +291,7 @@ class BackendLink(QObject):
         self._poller.delivered.connect(self._dispatch)
         self._poller.methods.connect(self._on_methods)
         self._poller.models.connect(self.models_ready)
+        self._poller.segments.connect(self.segment_ready)
         self._stopped = False
 
     # --- commands (GUI thread) -----------------------------------------------------------------------------
@@ -314,6 +319,13 @@ class BackendLink(QObject):
     def request_models(self) -> str:
         """Ask the backend for the models it knows; the answer comes as `models_ready` (or `error`)."""
         query = Query(what="models")
+        self._put("query", query)
+        return query.job_id
+
+    def request_segment(self, image: Any, include: list, exclude: list, box: Any) -> str:
+        """Ask the backend for the object under these clicks/box; the mask comes as `segment_ready`."""
+        args = {"image": image, "include": list(include), "exclude": list(exclude), "box": box}
+        query = Query(what="segment", args=args)
         self._put("query", query)
         return query.job_id
 

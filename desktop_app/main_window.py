@@ -133,6 +133,15 @@ class MainWindow(QMainWindow):
         for label in (self.position_label, self.zoom_label, self.model_label, self.backend_state):
             self.statusBar().addPermanentWidget(label)
 
+    def _request_segment(self, request_id: int, image, include, exclude, box) -> None:
+        query_id = self.link.request_segment(image, include, exclude, box)
+        self._segment_queries[query_id] = request_id
+
+    def _on_segment_ready(self, query_id: str, mask) -> None:
+        request_id = self._segment_queries.pop(query_id, None)
+        if request_id is not None:
+            self.canvas.show_segment_proposal(request_id, mask)
+
     def _connect(self) -> None:
         link = self.link
         link.methods_ready.connect(self._on_methods)
@@ -148,6 +157,10 @@ class MainWindow(QMainWindow):
         self.staging.accept_requested.connect(self.accept_result)
         self.staging.discard_requested.connect(self.discard_result)
         self.history_panel.reuse_requested.connect(self.reuse_recipe)
+        # Click-to-segment: the canvas asks, the backend answers (SAM or the offline segmenter).
+        self._segment_queries: dict[str, int] = {}
+        self.canvas.segment_requested.connect(self._request_segment)
+        link.segment_ready.connect(self._on_segment_ready)
         for source in (self.canvas, self.layers_panel, self.history_panel):
             source.message.connect(self.show_status)
         self.canvas.zoom_changed.connect(lambda zoom: self.zoom_label.setText(f"{zoom:.0%}"))

@@ -31,7 +31,7 @@ MAX_RECENT = 10
 DTYPES = ("auto", "fp16", "float16", "bf16", "fp32")  # what backend.models.loading.choose_dtype accepts
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 # What the backend process is started with (backend.jobs.WorkerState reads these); a change needs a restart.
-BACKEND_KEYS = ("device", "dtype", "previews", "models_dir")
+BACKEND_KEYS = ("device", "dtype", "previews", "models_dir", "sam_checkpoint")
 
 
 @dataclass

@@ -43,6 +43,12 @@ def green(height: int, width: int) -> np.ndarray:
     return image
 
 
+def colour_region(image: np.ndarray, include: list) -> np.ndarray:
+    """A stand-in segmenter: every pixel of exactly the clicked colour."""
+    x, y = (int(round(v)) for v in include[0])
+    return (np.all(image == image[y, x], axis=2) * 255).astype(np.uint8)
+
+
 def recorded_stream(request: EditRequest, metadata: dict | None = None) -> list[Event]:
     """What the worker sends for a 3-step edit: started, progress + preview per step, then a green result of the
     request's size (the backend returns the input's size), with the metadata the worker adds."""
@@ -98,6 +104,8 @@ class FakeClient:
         if isinstance(job, Query):
             if job.what == "models":
                 answer = {"models": [dict(model) for model in self.models]}
+            elif job.what == "segment":
+                answer = {"mask": colour_region(job.args["image"], job.args["include"]), "segmenter": "fake"}
             else:
                 answer = {"methods": [info.to_dict() for info in self.methods]}
             self._events.put(Event(kind="result", job_id=job.job_id, metadata=answer))

@@ -506,3 +506,26 @@ def test_open_recent_forgets_a_file_that_is_gone(window, tmp_path):
     window.settings.recent_files = [str(gone)]
     assert not window.files.open_recent(gone)
     assert window.settings.recent_files == [] and "no longer exists" in window.statusBar().currentMessage()
+
+
+# --- click-to-segment through the backend link ------------------------------------------------------------------
+
+
+def test_a_segment_click_is_answered_by_the_backend_and_enter_applies_it(qtbot, window, fake):
+    canvas = window.canvas
+    window.tool_state.tool = "segment"
+    canvas.setFocus()
+    point = canvas.mapFromScene(QPointF(15, 20))  # inside the red square (x 8..27, y 10..29)
+    QTest.mouseClick(canvas.viewport(), LEFT, NONE, point)
+    queries = lambda: [job for job in fake.submitted if getattr(job, "what", "") == "segment"]  # noqa: E731
+    qtbot.waitUntil(lambda: len(queries()) == 1)
+    ((x, y),) = queries()[0].args["include"]
+    assert abs(x - 15) <= 1 and abs(y - 20) <= 1
+    qtbot.waitUntil(lambda: canvas.segment_session.proposal is not None)
+    QTest.keyClick(canvas, Qt.Key.Key_Return)
+    (mask_layer,) = window.document.layers_of(MaskLayer)
+    expected = np.zeros((H, W), np.uint8)
+    expected[10:30, 8:28] = 255
+    np.testing.assert_array_equal(mask_layer.mask, expected)
+    window.undo_stack.undo()
+    assert not window.document.layers_of(MaskLayer)
