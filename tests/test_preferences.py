@@ -33,7 +33,7 @@ METHODS = [
         params=(),
     )
 ]
-DEFAULT_BACKEND = {"device": "auto", "dtype": "auto", "previews": True, "models_dir": ""}
+DEFAULT_BACKEND = {"device": "auto", "dtype": "auto", "previews": True, "models_dir": "", "sam_checkpoint": ""}
 
 
 @pytest.fixture(autouse=True)
