@@ -97,12 +97,31 @@ def test_methods_from_the_backend_fill_the_method_combo(window):
     assert panel.source_prompt.isEnabled()
 
 
+def test_the_parameter_form_is_built_from_the_methods_paramspecs(qtbot, window, fake):
+    panel = window.method_panel
+    form = panel.param_form
+    assert set(form.editors) == {"strength"}
+    strength = form.editors["strength"]
+    assert (strength.minimum(), strength.maximum(), strength.value()) == (0.0, 1.0, 0.6)
+    strength.setValue(0.25)
+    form.seed_box.setValue(11)
+    assert panel.inputs().params == {"strength": 0.25} and panel.inputs().seed == 11
+    panel.method_combo.setCurrentIndex(1)  # another method: its own parameters, at their defaults
+    assert set(form.editors) == {"steps"} and form.editors["steps"].value() == 50
+    assert panel.inputs().params == {"steps": 50}
+    form.editors["steps"].setValue(5000)  # the spin box holds the ParamSpec's range
+    assert form.values()["steps"] == 1000
+    panel.reset_params()
+    assert form.values() == {"steps": 50} and form.seed == 0
+
+
 def test_run_sends_one_request_with_the_picture_and_the_prompt(qtbot, window, fake, scene):
     job_id = run_to_result(qtbot, window, "a green square")
     (request,) = fake.edits()
     assert request.job_id == job_id
     assert request.method == "sdedit" and request.model == "tiny" and request.seed == 0
-    assert request.target_prompt == "a green square" and request.params == {}
+    assert request.target_prompt == "a green square"
+    assert request.params == {"strength": 0.6}  # the form's values, the paper's default: explicit in the recipe
     assert request.masks == {} and request.object_prompts == [] and request.points == []
     np.testing.assert_array_equal(request.image, scene)
 

@@ -224,11 +224,11 @@ def test_accepting_puts_the_result_above_the_picture_and_reuse_sends_its_paramet
     window.history_panel.reuse_selected()
     panel = window.method_panel
     assert panel.current_method().id == "inpaint" and panel.target_prompt.text() == "a red door"
-    assert "strength=0.3" in panel.params_label.text() and "seed 7" in panel.params_label.text()
+    assert panel.param_form.editors["strength"].value() == 0.3 and panel.param_form.seed == 7
     run_and_wait(qtbot, window)
     assert fake.edits()[-1].params == {"strength": 0.3} and fake.edits()[-1].seed == 7
     panel.reset_params()
-    assert panel.inputs().params == {} and panel.inputs().seed == 0
+    assert panel.inputs().params == {"strength": 0.8} and panel.inputs().seed == 0  # the paper's default
 
 
 # --- files --------------------------------------------------------------------------------------------------------

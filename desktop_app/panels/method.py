@@ -1,8 +1,8 @@
 """The Method panel: choose one of the backend's methods, type its prompts, Run / Cancel, watch the progress.
 
 The method list comes from the backend (it is the only one that knows); each prompt box is enabled only for methods
-that use it. Parameters have no form yet (that is built from ParamSpec in a later issue): a run uses the method's
-defaults, or the parameters of a past result the user chose to reuse, which the panel shows and can reset.
+that use it, and the parameter form is built from the method's ParamSpecs (paper defaults, ranges, help tooltips).
+Reusing a past result fills the form with its parameters and seed.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
-    QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
 from backend.protocol import MethodInfo
 from desktop_app.edit_request import MethodInputs, mask_roles
+from desktop_app.panels.param_form import ParamForm
 
 PROMPT_FIELDS = ("target_prompt", "source_prompt", "negative_prompt")
 
@@ -37,9 +37,6 @@ class MethodPanel(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.methods: dict[str, MethodInfo] = {}
-        self.params: dict[str, Any] = {}  # reused from a past result; empty = the method's defaults
-        self.seed = 0
-        self._reusing = False  # True while a recipe selects the method: the change must keep its parameters
         self.method_combo = QComboBox()
         self.method_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.method_combo.currentIndexChanged.connect(self._on_method_changed)
@@ -48,9 +45,7 @@ class MethodPanel(QWidget):
         self.target_prompt = QLineEdit()
         self.source_prompt = QLineEdit()
         self.negative_prompt = QLineEdit()
-        self.params_label = QLabel(wordWrap=True)
-        self.reset_params_button = QToolButton(text="Use defaults", toolTip="Forget the reused parameters")
-        self.reset_params_button.clicked.connect(self.reset_params)
+        self.param_form = ParamForm()
         self.run_button = QPushButton("Run", toolTip="Run the method (Ctrl+Enter)")
         self.cancel_button = QPushButton("Cancel", toolTip="Cancel the running edit (Esc)")
         self.run_button.clicked.connect(self.run_requested)
@@ -77,7 +72,7 @@ class MethodPanel(QWidget):
         form.addRow("Negative", self.negative_prompt)
         layout.addLayout(form)
         for widget in (
-            _row(self.params_label, self.reset_params_button, stretch_first=True),
+            self.param_form,
             _row(self.run_button, self.cancel_button),
             self.progress_bar,
             self.stage_label,
@@ -113,8 +108,8 @@ class MethodPanel(QWidget):
             target_prompt=self.target_prompt.text(),
             source_prompt=self.source_prompt.text(),
             negative_prompt=self.negative_prompt.text(),
-            params=dict(self.params),
-            seed=self.seed,
+            params=self.param_form.values(),
+            seed=self.param_form.seed,
         )
 
     def apply_recipe(self, recipe: dict[str, Any]) -> str:
@@ -123,21 +118,15 @@ class MethodPanel(QWidget):
         index = self.method_combo.findData(method_id)
         if index < 0:
             return f"This backend does not offer the method '{method_id}'; nothing was reused."
-        self._reusing = True
-        try:
-            self.method_combo.setCurrentIndex(index)
-        finally:
-            self._reusing = False
+        self.method_combo.setCurrentIndex(index)
         for name in PROMPT_FIELDS:
             getattr(self, name).setText(str(recipe.get(name, "")))
-        self.params = dict(recipe.get("params") or {})
-        self.seed = int(recipe.get("seed", 0) or 0)
-        self._show_params()
-        return f"Reusing the parameters of a {self.methods[method_id].title} result."
+        skipped = self.param_form.set_values(dict(recipe.get("params") or {}), int(recipe.get("seed", 0) or 0))
+        note = f" (not reusable: {', '.join(skipped)})" if skipped else ""
+        return f"Reusing the parameters of a {self.methods[method_id].title} result{note}."
 
     def reset_params(self) -> None:
-        self.params, self.seed = {}, 0
-        self._show_params()
+        self.param_form.reset()
 
     # --- job state ----------------------------------------------------------------------------------------
 
@@ -173,18 +162,7 @@ class MethodPanel(QWidget):
         self.needs_label.setVisible(method is not None)
         for name in PROMPT_FIELDS:
             _describe_input(getattr(self, name), method, name)
-        if not self._reusing:  # another method: another parameter set, so the reused values no longer apply
-            self.params, self.seed = {}, 0
-        self._show_params()
-
-    def _show_params(self) -> None:
-        if not self.params and not self.seed:
-            self.params_label.setText("Parameters: the method's defaults")
-            self.reset_params_button.setVisible(False)
-            return
-        values = [f"{name}={value}" for name, value in self.params.items()] + [f"seed {self.seed}"]
-        self.params_label.setText("Reused: " + ", ".join(values))
-        self.reset_params_button.setVisible(True)
+        self.param_form.set_specs(method.params if method else ())
 
 
 def model_name(model: str) -> str:
