@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from backend._spawn import worker_entry
@@ -340,6 +340,22 @@ class BackendClient:
 
     def ping(self, timeout: float | None = None) -> dict[str, Any]:
         return self.query("ping", timeout=timeout)
+
+    def segment(
+        self,
+        image: Any,
+        include: Sequence[tuple[float, float]] = (),
+        exclude: Sequence[tuple[float, float]] = (),
+        box: tuple[float, float, float, float] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Click-to-segment: {"mask": uint8 H x W (0/255), "segmenter": "sam" | "fallback", "seconds": float}.
+
+        Points are (x, y) image pixels (include = click, exclude = Shift+click), box (x0, y0, x1, y1). Bad prompts
+        raise BackendError with error_kind "bad-input"."""
+        return self.query(
+            "segment", timeout=timeout, image=image, include=list(include), exclude=list(exclude), box=box
+        )
 
 
 def _died_event(job: Job, code: int | None) -> Event:

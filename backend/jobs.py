@@ -25,6 +25,7 @@ from backend.errors import AtelierError, Cancelled, InputError, ModelUnavailable
 from backend.methods.registry import all_methods, get_method
 from backend.models import ModelBundle, ModelLoadError, ModelNotFound, list_models, load_model
 from backend.protocol import EditRequest, Event, Query
+from backend.segment import Segmenter, make_segmenter
 from backend.validation import validate_request
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,13 @@ class WorkerState:
         self.bundle: ModelBundle | None = None
         megabytes = float(self.settings.get("inversion_cache_mb", 512))
         self.inversion_cache = LRUBytesCache(int(megabytes * 2**20))
+        self._segmenter: Segmenter | None = None
+
+    def segmenter(self) -> Segmenter:
+        """The click-to-segment model, made on first use and kept (SAM's embeddings cache lives in it)."""
+        if self._segmenter is None:
+            self._segmenter = make_segmenter(self.settings)
+        return self._segmenter
 
     def model(self, model_id: str, report: Reporter) -> ModelBundle:
         """The loaded model if it is `model_id`, else load it (dropping the previous one first)."""
@@ -77,9 +85,9 @@ class WorkerState:
 def handle(job: EditRequest | Query, state: WorkerState, emit: Callable[[Event], None], cancel: Any) -> None:
     """Run `job`, emitting `started` first and exactly one terminal event last. Never raises.
 
-    A Query (list methods/models, ping) is answered with a single `result` or `error` event."""
+    A Query (list methods/models, ping, segment) is answered with a single `result` or `error` event."""
     if isinstance(job, Query):
-        _answer(job, emit)
+        _answer(job, state, emit)
         return
     emit(Event(kind="started", job_id=job.job_id, message=job.method))
     report = Reporter(job.job_id, emit, cancel, previews=bool(state.settings.get("previews", True)))
@@ -134,7 +142,10 @@ def _error(job: EditRequest, kind: str, message: str, hint: str = "") -> Event:
     return Event(kind="error", job_id=job.job_id, error_kind=kind, message=message, hint=hint)
 
 
-def _answer(query: Query, emit: Callable[[Event], None]) -> None:
+def _answer(query: Query, state: WorkerState, emit: Callable[[Event], None]) -> None:
+    if query.what == "segment":
+        emit(_segment(query, state))
+        return
     if query.what == "methods":
         data: dict[str, Any] = {"methods": [m.info.to_dict() for m in all_methods()]}
     elif query.what == "models":
@@ -145,3 +156,25 @@ def _answer(query: Query, emit: Callable[[Event], None]) -> None:
         emit(Event(kind="error", job_id=query.job_id, error_kind="bad-input", message=f"unknown query {query.what!r}"))
         return
     emit(Event(kind="result", job_id=query.job_id, metadata=data))
+
+
+def _segment(query: Query, state: WorkerState) -> Event:
+    """args image, include, exclude, box -> result metadata {mask, segmenter, seconds} (+ note: why not SAM)."""
+    args = query.args
+    started = time.perf_counter()
+    try:
+        segmenter = state.segmenter()
+        mask = segmenter.segment(args.get("image"), args.get("include"), args.get("exclude"), args.get("box"))
+    except AtelierError as error:
+        log.info("segment query %s: %s: %s", query.job_id, error.kind, error)
+        return Event(kind="error", job_id=query.job_id, error_kind=error.kind, message=str(error), hint=error.hint)
+    except torch.cuda.OutOfMemoryError:
+        return Event(kind="error", job_id=query.job_id, error_kind="out-of-memory", message="the GPU ran out of memory")
+    except Exception as error:  # a segmenter bug must not take the worker down; the log has the trace
+        log.exception("segment query %s failed", query.job_id)
+        message = f"segmentation failed: {type(error).__name__}: {error}"
+        return Event(kind="error", job_id=query.job_id, error_kind="method-failed", message=message)
+    metadata = {"mask": mask, "segmenter": segmenter.name, "seconds": round(time.perf_counter() - started, 4)}
+    if getattr(segmenter, "reason", ""):
+        metadata["note"] = segmenter.reason
+    return Event(kind="result", job_id=query.job_id, metadata=metadata)
