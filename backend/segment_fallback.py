@@ -27,6 +27,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from backend.colour import rgb_to_lab
+
 _LIGHTNESS_WEIGHT = 0.5
 _REFERENCE_SIDE = 128.0  # the radii below are for a 128 x 128 image and scale with the working size
 _FINE_SIGMA = 0.7
@@ -46,19 +48,6 @@ class PreparedImage:
 
     lab: np.ndarray  # float32 (h, w, 3) at working size
     shape: tuple[int, int]  # the original (H, W)
-
-
-def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
-    """uint8 sRGB (..., 3) -> CIELAB (D65), float32."""
-    c = np.asarray(rgb, np.float32) / 255.0
-    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-    matrix = np.array(
-        [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]],
-        np.float32,
-    )
-    xyz = linear @ matrix.T / np.array([0.95047, 1.0, 1.08883], np.float32)
-    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
-    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
 
 
 def prepare(image: np.ndarray, working_side: int) -> PreparedImage:

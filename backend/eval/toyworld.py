@@ -24,6 +24,7 @@ from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import ConvexHull, QhullError
 
+from backend.colour import rgb_to_lab
 from backend.models.toyworld.world import COLOURS, ObjectTruth, Scene, ground_truth, render, tint
 
 _CHROMA_MIN = 22.0  # world backgrounds stay below ~15, object colours above ~55
@@ -44,19 +45,6 @@ class DetectedObject:
 
 
 # --- colour ------------------------------------------------------------------------------------------------
-
-
-def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
-    """uint8 / float sRGB (..., 3) in 0..255 -> CIELAB (D65)."""
-    c = np.asarray(rgb, np.float32) / 255.0
-    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-    matrix = np.array(
-        [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]],
-        np.float32,
-    )
-    xyz = linear @ matrix.T / np.array([0.95047, 1.0, 1.08883], np.float32)
-    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
-    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
 
 
 _NAMES = list(COLOURS)
