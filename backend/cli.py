@@ -38,6 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     describe.add_argument("method")
     describe.set_defaults(handler=_describe)
     commands.add_parser("edit", help="run one edit (see `python -m backend edit --method M --help`)")
+    segment = commands.add_parser("segment", help="cut out the object under a click or inside a box as a mask PNG")
+    segment.add_argument("--image", type=Path, required=True)
+    segment.add_argument("--click", action="append", default=[], metavar="X,Y", help="a point on the object")
+    segment.add_argument("--exclude", action="append", default=[], metavar="X,Y", help="a point not on it")
+    segment.add_argument("--box", metavar="X0,Y0,X1,Y1", help="a box around the object")
+    segment.add_argument("--sam-checkpoint", default="", help="segment-anything weights (default: offline segmenter)")
+    segment.add_argument("--out", type=Path, required=True, help="where to write the mask PNG (white = object)")
+    segment.set_defaults(handler=_segment)
     bench = commands.add_parser("bench", help="time each method as a ratio to plain DDIM sampling")
     bench.add_argument("--model", default=DEFAULT_MODEL)
     bench.add_argument("--steps", type=int, default=20)
@@ -314,6 +322,42 @@ class ProgressBar:
         if self._open:
             self.stream.write("\n")
             self._open = False
+
+
+# --- segment -----------------------------------------------------------------------------------------------
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from backend.errors import AtelierError
+    from backend.imageio import read_image
+    from backend.segment import make_segmenter
+
+    try:
+        image = read_image(args.image)
+        include = [_numbers(item, 2, "--click") for item in args.click]
+        exclude = [_numbers(item, 2, "--exclude") for item in args.exclude]
+        box = _numbers(args.box, 4, "--box") if args.box else None
+        segmenter = make_segmenter({"sam_checkpoint": args.sam_checkpoint})
+        mask = segmenter.segment(image, include, exclude, box)
+    except AtelierError as error:
+        return _print_error(Event(kind="error", job_id="-", error_kind=error.kind, message=str(error), hint=error.hint))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask).save(args.out)
+    share = float((mask > 0).mean()) * 100
+    print(f"wrote {args.out} ({segmenter.name}: {share:.1f}% of the image selected)")
+    return 0
+
+
+def _numbers(text: str, count: int, flag: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        raise InputError(f"{flag} '{text}' needs {count} comma-separated numbers")
+    return values
 
 
 # --- bench -------------------------------------------------------------------------------------------------

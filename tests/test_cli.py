@@ -124,3 +124,16 @@ def test_bench_reports_each_method_as_a_ratio_to_sampling(tmp_path, capsys):
     for row in rows.values():
         assert row["seconds"] > 0 and row["ratio"] == pytest.approx(row["seconds"] / rows["ddim-sampling"]["seconds"])
     assert "ratio = method time / plain DDIM sampling time" in capsys.readouterr().out
+
+
+def test_segment_writes_the_clicked_objects_mask(tmp_path, scene, capsys):
+    Image.fromarray(scene).save(tmp_path / "scene.png")
+    out = tmp_path / "mask.png"
+    assert main(["segment", "--image", str(tmp_path / "scene.png"), "--click", "15,30", "--out", str(out)]) == 0
+    mask = np.asarray(Image.open(out))
+    square = np.zeros(scene.shape[:2], bool)
+    square[20:44, 6:30] = True  # the red square of the scene fixture
+    assert (mask[square] == 255).mean() > 0.95 and (mask[~square] == 0).mean() > 0.98
+    assert "fallback" in capsys.readouterr().out
+    assert main(["segment", "--image", str(tmp_path / "scene.png"), "--click", "15", "--out", str(out)]) == 2
+    assert "--click '15' needs 2 comma-separated numbers" in capsys.readouterr().err
