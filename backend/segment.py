@@ -155,6 +155,16 @@ def _box(box: Any, width: int, height: int) -> np.ndarray:
     return clipped
 
 
+def checked_request(image: Any, include, exclude, box) -> tuple[np.ndarray, Any]:
+    """The validated image and prompts every segmenter starts from; prompts None when there is nothing to select
+    (only exclude clicks), which is an empty mask rather than an error so a first Shift+click does no harm."""
+    image = check_image(image)
+    prompts = check_prompts(image.shape, include, exclude, box)
+    if not len(prompts.include) and prompts.box is None:
+        return image, None
+    return image, prompts
+
+
 class _RecentImages:
     """The per-image state of the last `capacity` images, most recently used last."""
 
@@ -201,9 +211,8 @@ class FallbackSegmenter:
         box: Box | None = None,
     ) -> np.ndarray:
         """uint8 H x W mask, 255 on the object the prompts point at."""
-        image = check_image(image)
-        prompts = check_prompts(image.shape, include, exclude, box)
-        if not len(prompts.include) and prompts.box is None:
+        image, prompts = checked_request(image, include, exclude, box)
+        if prompts is None:
             return np.zeros(image.shape[:2], np.uint8)  # exclude clicks alone select nothing
         key = image_digest(image)
         prepared = self._prepared.get(key)
@@ -278,9 +287,8 @@ class SamSegmenter:
         box: Box | None = None,
     ) -> np.ndarray:
         """uint8 H x W mask, 255 on SAM's best-scoring mask for the prompts."""
-        image = check_image(image)
-        prompts = check_prompts(image.shape, include, exclude, box)
-        if not len(prompts.include) and prompts.box is None:
+        image, prompts = checked_request(image, include, exclude, box)
+        if prompts is None:
             return np.zeros(image.shape[:2], np.uint8)  # exclude clicks alone select nothing
         self._use_image(image)
         points = np.concatenate([prompts.include, prompts.exclude]).astype(np.float32)

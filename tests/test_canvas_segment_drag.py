@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
-from PySide6.QtGui import QKeyEvent, QUndoStack, QWheelEvent
+from PySide6.QtGui import QKeyEvent, QUndoStack
 from PySide6.QtTest import QTest
-from PySide6.QtWidgets import QApplication
+from qt_input import wheel as scroll
 from scipy import ndimage
 
 from desktop_app.canvas import CanvasView, drag, tools
@@ -92,18 +92,7 @@ def drag_mouse(view: CanvasView, points: list[tuple[float, float]], modifiers=NO
 
 
 def wheel(view: CanvasView, x: float, y: float, notches: float) -> None:
-    position = at(view, x, y)
-    event = QWheelEvent(
-        QPointF(position),
-        QPointF(view.viewport().mapToGlobal(position)),
-        QPoint(0, 0),
-        QPoint(0, round(120 * notches)),
-        Qt.MouseButton.NoButton,
-        NONE,
-        Qt.ScrollPhase.NoScrollPhase,
-        False,
-    )
-    QApplication.sendEvent(view.viewport(), event)
+    scroll(view, at(view, x, y), notches)
 
 
 def approx_point(x: float, y: float, tolerance: float = 0.5):

@@ -7,9 +7,10 @@ import time
 import numpy as np
 import pytest
 from PySide6.QtCore import QPoint, QPointF, QRectF, Qt
-from PySide6.QtGui import QUndoStack, QWheelEvent
+from PySide6.QtGui import QUndoStack
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication
+from qt_input import wheel
 
 from desktop_app.canvas import CanvasView
 from desktop_app.canvas.render import from_qimage
@@ -52,20 +53,6 @@ def drag(view: CanvasView, points: list[tuple[float, float]], button=LEFT, modif
     for point in points[1:]:
         QTest.mouseMove(viewport, at(view, *point))
     QTest.mouseRelease(viewport, button, modifiers, at(view, *points[-1]))
-
-
-def wheel(view: CanvasView, position: QPoint, notches: float) -> None:
-    event = QWheelEvent(
-        QPointF(position),
-        QPointF(view.viewport().mapToGlobal(position)),
-        QPoint(0, 0),
-        QPoint(0, round(120 * notches)),
-        Qt.MouseButton.NoButton,
-        NONE,
-        Qt.ScrollPhase.NoScrollPhase,
-        False,
-    )
-    QApplication.sendEvent(view.viewport(), event)
 
 
 def test_a_stroke_paints_the_mask_and_is_one_undo_step(canvas):

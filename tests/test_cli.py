@@ -24,6 +24,13 @@ def files(tmp_path, scene):
     return tmp_path
 
 
+def sdedit_command(files, mask: str, prompt: str, out, *extra: str) -> list[str]:
+    """`python -m backend edit --method sdedit` on the scene with `mask`, as a user would type it."""
+    image, mask_path = str(files / "scene.png"), str(files / mask)
+    head = [sys.executable, "-m", "backend", "edit", "--method", "sdedit", "--image", image, "--mask", mask_path]
+    return [*head, "--prompt", prompt, "--out", str(out), *extra]
+
+
 def test_list_methods_and_describe(capsys):
     assert main(["list-methods"]) == 0
     listing = capsys.readouterr().out
@@ -37,30 +44,8 @@ def test_list_methods_and_describe(capsys):
 
 def test_edit_writes_a_png_with_its_recipe_and_shows_progress(files):
     out = files / "out" / "edited.png"
-    command = [
-        sys.executable,
-        "-m",
-        "backend",
-        "edit",
-        "--method",
-        "sdedit",
-        "--image",
-        str(files / "scene.png"),
-        "--mask",
-        str(files / "mask.png"),
-        "--prompt",
-        "a green circle",
-        "--steps",
-        "6",
-        "--strength",
-        "0.5",
-        "--seed",
-        "3",
-        "--out",
-        str(out),
-        "--previews",
-        str(files / "previews"),
-    ]
+    extra = ["--steps", "6", "--strength", "0.5", "--seed", "3", "--previews", str(files / "previews")]
+    command = sdedit_command(files, "mask.png", "a green circle", out, *extra)
     done = subprocess.run(command, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr
     assert "3/3 sdedit" in done.stderr  # strength 0.5 of 6 steps: three denoising steps, each reported
@@ -92,22 +77,7 @@ def test_edit_input_errors_before_any_model_work(files, monkeypatch, capsys, arg
 
 
 def test_edit_errors_from_the_worker_are_printed_with_their_hint(files):
-    command = [
-        sys.executable,
-        "-m",
-        "backend",
-        "edit",
-        "--method",
-        "sdedit",
-        "--image",
-        str(files / "scene.png"),
-        "--mask",
-        str(files / "small_mask.png"),
-        "--prompt",
-        "x",
-        "--out",
-        str(files / "o.png"),
-    ]
+    command = sdedit_command(files, "small_mask.png", "x", files / "o.png")
     done = subprocess.run(command, capture_output=True, text=True, timeout=240)
     assert done.returncode == 2
     assert "error (bad-input): mask 'edit' is 20x20 but the image is 64x64" in done.stderr
