@@ -6,7 +6,7 @@ does); the worker only ever holds the one job it is running. Events come back th
 dispatch: when the running job's terminal event arrives, the next waiting job is sent.
 
 If the worker dies (segfault, OOM-kill, kill -9), `poll` reports `error(error_kind="backend-died")` for the job it
-was running and a fresh process is started when the next job is dispatched.
+was running (job id "" when it was idle) and a fresh process is started when the next job is dispatched.
 
 Torch-free by contract (import-linter): this module never imports backend.worker, backend.jobs, the engine, the
 models or the methods; the worker is reached through `backend._spawn.worker_entry`, which imports it in the child.
@@ -278,8 +278,8 @@ class BackendClient:
                 if running is not None and event.terminal and event.job_id == running.job_id:
                     running = None
                 self._local.append(event)
-            if running is not None:
-                self._local.append(_died_event(running, code))
+            # Reported even when idle, so a GUI can say so and start a new backend before the user's next run.
+            self._local.append(_died_event(running, code))
             self._dispatch_next()
             return self._local.popleft() if self._local else None
 
@@ -358,12 +358,13 @@ class BackendClient:
         )
 
 
-def _died_event(job: Job, code: int | None) -> Event:
+def _died_event(job: Job | None, code: int | None) -> Event:
+    during = f" while running job {job.job_id}" if job is not None else " while idle"
     return Event(
         kind="error",
-        job_id=job.job_id,
+        job_id=job.job_id if job is not None else "",
         error_kind="backend-died",
-        message=f"the backend process stopped unexpectedly (exit code {code}) while running job {job.job_id}",
+        message=f"the backend process stopped unexpectedly (exit code {code}){during}",
         hint=DIED_HINT,
     )
 

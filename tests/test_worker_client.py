@@ -391,3 +391,14 @@ def test_killed_worker_reports_backend_died_and_restarts(client: BackendClient) 
     # And the next submitted job too.
     assert_image_result(client.run(sdedit(seed=5), timeout=120))
     assert client.restarts == restarts + 1
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_that_dies_while_idle_is_reported_and_the_next_job_starts_a_new_one(client: BackendClient) -> None:
+    client.ping(timeout=60)
+    old_pid = client.pid
+    os.kill(old_pid, signal.SIGKILL)
+    died = client.poll(timeout=10)
+    assert died is not None and (died.kind, died.error_kind, died.job_id) == ("error", "backend-died", "")
+    assert "while idle" in died.message and "restarted" in died.hint
+    assert client.ping(timeout=60) and client.pid != old_pid and client.alive
