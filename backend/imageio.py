@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from backend.errors import InputError
-from backend.protocol import a1111_parameters
+from backend.protocol import a1111_parameters, without_insight
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -58,7 +58,7 @@ def write_result(path: str | Path, image: np.ndarray, metadata: dict) -> Path:
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True)
     info = PngImagePlugin.PngInfo()
-    metadata = {**metadata, "height": image.shape[0], "width": image.shape[1]}
+    metadata = {**without_insight(metadata), "height": image.shape[0], "width": image.shape[1]}
     info.add_text("parameters", a1111_parameters(metadata))
     info.add_text("atelier", json.dumps(metadata, default=str))
     temporary = path.with_name(path.name + ".part")

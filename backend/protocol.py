@@ -350,3 +350,71 @@ class Event:
         if not isinstance(other, Event):
             return NotImplemented
         return self.to_dict() == other.to_dict()
+
+
+# --- insight: why a result looks as it does ----------------------------------------------------------------
+
+INSIGHT_KEY = "insight"
+"""metadata[INSIGHT_KEY] of a result, for the staging pane only (see `check_insight`)."""
+
+
+def check_insight(insight: dict[str, Any]) -> dict[str, Any]:
+    """A result's insight, checked and normalised; ValueError names what is wrong. Every part is optional:
+
+    attention: {"tokens": [str, ...], "maps": uint8 (K, h, w)}, one heat map per token at any resolution
+      (other number types are scaled so each map's peak is 255);
+    correspondences: {"source": (N, 2) x, y in the input's pixels, "target": (N, 2) x, y in the result's pixels,
+      "score": (N,) in [0, 1]} as float32; rows with a non-finite number are dropped;
+    note: one line saying what is shown.
+
+    Insight can be large and only explains a result, so it is never stored with it (`without_insight`).
+    """
+    if not isinstance(insight, dict):
+        raise ValueError(f"insight must be a dict, got {type(insight).__name__}")
+    unknown = sorted(set(insight) - {"attention", "correspondences", "note"})
+    if unknown:
+        raise ValueError(f"unknown insight part(s) {', '.join(unknown)}; expected attention, correspondences, note")
+    checked: dict[str, Any] = {}
+    if insight.get("attention") is not None:
+        checked["attention"] = _check_attention(insight["attention"])
+    if insight.get("correspondences") is not None:
+        checked["correspondences"] = _check_correspondences(insight["correspondences"])
+    if insight.get("note"):
+        checked["note"] = str(insight["note"]).splitlines()[0]
+    return checked
+
+
+def without_insight(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The metadata to store with a result (history, .ora, PNG): everything but its insight."""
+    return {key: value for key, value in metadata.items() if key != INSIGHT_KEY}
+
+
+def _check_attention(attention: dict[str, Any]) -> dict[str, Any]:
+    tokens = [str(token) for token in attention.get("tokens", ())]
+    maps = np.asarray(attention.get("maps"))
+    if maps.ndim == 2 and len(tokens) == 1:
+        maps = maps[None]
+    if maps.ndim != 3 or maps.shape[0] != len(tokens) or maps.shape[0] == 0 or min(maps.shape[1:]) < 1:
+        raise ValueError(f"attention maps must be (tokens={len(tokens)}, h, w) with tokens > 0, got {maps.shape}")
+    if maps.dtype != np.uint8:
+        if not np.issubdtype(maps.dtype, np.number):
+            raise ValueError(f"attention maps must be numbers, got {maps.dtype}")
+        values = np.nan_to_num(maps.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0).clip(min=0.0)
+        peaks = values.max(axis=(1, 2), keepdims=True)
+        maps = np.round(255.0 * values / np.where(peaks > 0, peaks, 1.0)).astype(np.uint8)
+    return {"tokens": tokens, "maps": np.ascontiguousarray(maps)}
+
+
+def _check_correspondences(matches: dict[str, Any]) -> dict[str, Any]:
+    source = np.asarray(matches.get("source"), np.float32).reshape(-1, 2)
+    target = np.asarray(matches.get("target"), np.float32).reshape(-1, 2)
+    if len(source) != len(target):
+        raise ValueError(f"correspondences need as many source as target points, got {len(source)} and {len(target)}")
+    keep = np.isfinite(source).all(axis=1) & np.isfinite(target).all(axis=1)
+    checked = {"source": source[keep], "target": target[keep]}
+    if matches.get("score") is not None:
+        score = np.asarray(matches["score"], np.float32).reshape(-1)
+        if len(score) != len(source):
+            raise ValueError(f"correspondences have {len(source)} points but {len(score)} scores")
+        checked["score"] = np.nan_to_num(score[keep], nan=0.0).clip(0.0, 1.0)
+    return checked

@@ -6,7 +6,8 @@
   prompt. With an `edit` mask, pixels outside it are kept (known latents are re-noised to the current t at each
   step, then composited back in pixel space).
 - ddim-word-swap — DDIM-invert with the source prompt, regenerate with the target prompt: the "DDIM + word swap"
-  baseline of pix2pix-zero and Prompt-to-Prompt.
+  baseline of pix2pix-zero and Prompt-to-Prompt. Its insight is the target prompt's word-level cross-attention
+  during regeneration (where each word "went").
 
 Symbols: z_0 image latents (`latents`), z_t noisy latents, t0 start step (`strength`), w guidance (`guidance`).
 """
@@ -16,12 +17,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from backend.engine.attention import controlled
 from backend.engine.blend import composite
 from backend.engine.context import Engine
+from backend.engine.insight import attention_insight, cross_attention_recorder, prompt_words
 from backend.engine.inversion import cached_ddim_inversion
 from backend.engine.sampling import denoise, guided_predictor, make_scheduler
 from backend.methods.registry import MethodResult, method
-from backend.protocol import EditRequest, ParamSpec
+from backend.protocol import INSIGHT_KEY, EditRequest, ParamSpec
 
 SD_FAMILIES = ("sd1", "sd2", "sdxl")
 
@@ -141,8 +144,15 @@ def ddim_word_swap(engine: Engine, request: EditRequest, report) -> MethodResult
     uncond = engine.encode_prompts([request.negative_prompt], size=size)
     # 2. z_0 -> z_T with the source prompt (w = 1)
     trajectory = cached_ddim_inversion(engine, working, latents, request.source_prompt, source, p["steps"])
-    # 3. z_T -> z_0 with the target prompt and guidance w
+    # 3. z_T -> z_0 with the target prompt and guidance w, recording the target prompt's cross-attention
     scheduler = make_scheduler(engine, p["steps"])
     predict = guided_predictor(engine, target, uncond, p["guidance"])
-    result_latents = denoise(engine, trajectory[-1], scheduler, scheduler.timesteps, predict, stage="regenerating")
-    return MethodResult(composite(request.image, engine.decode_latents(result_latents), None))
+    store, record = cross_attention_recorder(engine.unet)
+    with controlled(engine.unet, record):
+        result_latents = denoise(engine, trajectory[-1], scheduler, scheduler.timesteps, predict, stage="regenerating")
+    # 4. Back to pixels; the insight: one heat map per word of the target prompt
+    image = composite(request.image, engine.decode_latents(result_latents), None)
+    words = prompt_words(engine.bundle, request.target_prompt)
+    note = "cross-attention of each target-prompt word while regenerating, averaged over steps and layers"
+    insight = attention_insight(store, words, tuple(latents.shape[-2:]), note)
+    return MethodResult(image, {INSIGHT_KEY: insight})
