@@ -111,7 +111,7 @@ def _reference(document: Document, method: MethodInfo) -> dict:
     visible = [layer for layer in document.layers_of(ReferenceLayer) if layer.visible]
     if not visible:
         if "reference" in method.inputs:
-            raise MissingInput(f"{method.title} needs a reference image layer.")
+            raise MissingInput(f"{method.title} needs a reference image: add one with Layer ▸ Add Reference Image…")
         return {}
     top = visible[-1]  # the one the user sees: the topmost
     return {"reference_image": top.image.copy(), "reference_mask": None if top.mask is None else top.mask.copy()}

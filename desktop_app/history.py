@@ -109,6 +109,49 @@ class SetProperty(QUndoCommand):
         return True
 
 
+class SetPlacement(QUndoCommand):
+    """Where a reference image sits on the picture, x, y and scale together: moving it or scaling it about its
+    centre is one undo step. Changes with the same `merge_key` (a burst of wheel notches) merge."""
+
+    MERGE_ID = 1002
+    NAMES = ("x", "y", "scale")
+
+    def __init__(
+        self,
+        document: Document,
+        layer_id: str,
+        placement: tuple[float, float, float],
+        text: str,
+        merge_key: object = None,
+    ) -> None:
+        super().__init__(text)
+        self.document, self.layer_id, self.merge_key = document, layer_id, merge_key
+        layer = document.layer(layer_id)
+        self.value = tuple(document.validate_property(layer_id, n, v) for n, v in zip(self.NAMES, placement))
+        self.old = tuple(getattr(layer, name) for name in self.NAMES)
+
+    def redo(self) -> None:
+        self._apply(self.value)
+
+    def undo(self) -> None:
+        self._apply(self.old)
+
+    def _apply(self, values: tuple[float, ...]) -> None:
+        layer = self.document.layer(self.layer_id)
+        for name, value in zip(self.NAMES, values):
+            if getattr(layer, name) != value:
+                self.document.set_property(self.layer_id, name, value)
+
+    def id(self) -> int:
+        return self.MERGE_ID if self.merge_key is not None else -1
+
+    def mergeWith(self, other: QUndoCommand) -> bool:  # noqa: N802 - Qt's name
+        if not isinstance(other, SetPlacement) or (other.layer_id, other.merge_key) != (self.layer_id, self.merge_key):
+            return False
+        self.value = other.value
+        return True
+
+
 class PaintPatch(QUndoCommand):
     """Pixels of one layer inside one rectangle, before and after: one brush stroke, fill, invert or clear.
 

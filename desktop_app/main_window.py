@@ -32,6 +32,7 @@ from desktop_app.files import DocumentFiles, local_files
 from desktop_app.history import AddHistoryEntry, AddLayer
 from desktop_app.panels import HistoryPanel, LayersPanel, MethodPanel, StagingPanel
 from desktop_app.panels.method import model_name
+from desktop_app.panels.reference import install_reference_tool
 from desktop_app.preferences import Preferences
 from desktop_app.settings import Settings, load_settings
 
@@ -78,6 +79,7 @@ class MainWindow(QMainWindow):
         self.set_document(None)
         self.set_model(self.model)
         self.restore_layout()
+        install_reference_tool(self)
 
     # --- construction --------------------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """Things drawn over the picture at a constant size on screen: drag arrows, the brush outline, a gesture outline,
-segment prompts, region moves.
+segment prompts, region moves, the frame of a reference image being placed.
 
 They paint in device pixels (the painter's transform reset after mapping their scene points), so a handle dot is
 as big at 1/32 zoom as at 32x. Their bounding boxes still live in the scene, so they are told the view's scale.
@@ -212,6 +212,42 @@ class RegionOverlay(_ScreenSizedItem):
                 _dashed(painter, _rect_path(moved))
                 for corner in (moved.topLeft(), moved.topRight(), moved.bottomRight(), moved.bottomLeft()):
                     _square(painter, corner)
+        painter.restore()
+
+
+class ReferenceFrame(_ScreenSizedItem):
+    """The box of the reference image the move tool places, with corner handles: drag inside to move, a corner to
+    scale."""
+
+    margin = HANDLE_SIZE
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setAcceptedMouseButtons(Qt.MouseButton.NoButton)
+        self._box = QRectF()
+
+    def set_box(self, box: tuple[float, float, float, float] | None) -> None:
+        self.prepareGeometryChange()
+        self._box = QRectF() if box is None else QRectF(QPointF(*box[:2]), QPointF(*box[2:]))
+
+    def box(self) -> tuple[float, float, float, float] | None:
+        return None if self._box.isNull() else self._box.getCoords()
+
+    def boundingRect(self) -> QRectF:  # noqa: N802 - Qt's name
+        if self._box.isNull():
+            return QRectF()
+        m = self._scene_margin()
+        return self._box.adjusted(-m, -m, m, m)
+
+    def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget: QWidget | None = None) -> None:
+        if self._box.isNull():
+            return
+        shown = painter.worldTransform().mapRect(self._box)
+        painter.save()
+        painter.resetTransform()
+        _dashed(painter, _rect_path(shown))
+        for corner in (shown.topLeft(), shown.topRight(), shown.bottomRight(), shown.bottomLeft()):
+            _square(painter, corner)
         painter.restore()
 
 

@@ -216,7 +216,7 @@ class RegionMoveTool(PointTool):
         document = self.document
         layer = document.active_layer if document is not None else None
         if not isinstance(layer, (MaskLayer, ObjectLayer)):
-            self.view.message.emit("Select the mask layer of the region to move")
+            self.view.message.emit("Select the mask layer of the region to move, or a reference image to place it")
             return None
         outline = self.view.scene().region_outline(layer.id)
         if outline is None:

@@ -23,6 +23,7 @@ from shiboken6 import Shiboken
 
 from desktop_app.canvas.drag import Box, region_box
 from desktop_app.canvas.overlays import DragOverlay, RegionOverlay, RegionShape, mask_outline
+from desktop_app.canvas.reference import masked_image
 from desktop_app.document import (
     ROLE_COLOURS,
     Document,
@@ -131,8 +132,8 @@ def layer_pixels(layer: Layer, x: int, y: int, width: int, height: int) -> np.nd
         return raster_pixels(layer.pixels[region])
     if isinstance(layer, (MaskLayer, ObjectLayer)):
         return mask_pixels(layer.mask[region], tint_colour(layer), mask_edge(layer.mask, x, y, width, height))
-    if isinstance(layer, ReferenceLayer):
-        return raster_pixels(layer.image[region])
+    if isinstance(layer, ReferenceLayer):  # only the part its mask selects: what a paste would put there
+        return raster_pixels(masked_image(layer.image[region], None if layer.mask is None else layer.mask[region]))
     return None
 
 

@@ -37,11 +37,12 @@ from PySide6.QtWidgets import QFrame, QGraphicsView, QWidget
 from desktop_app.canvas import tools
 from desktop_app.canvas.overlays import BrushCursor, GestureOutline
 from desktop_app.canvas.point_tools import DragPointTool, PointTool, RegionMoveTool, free_name
+from desktop_app.canvas.reference_tool import ReferencePlaceTool
 from desktop_app.canvas.render import DocumentScene, ImageItem, WeakListener
 from desktop_app.canvas.segment import SegmentSession
 from desktop_app.canvas.segment_tool import SegmentTool
 from desktop_app.canvas.tools import ToolGenerator, ToolState, UndoRecord, paintable_layer
-from desktop_app.document import Document, DocumentEvent, Layer, MaskLayer, ObjectLayer, RasterLayer
+from desktop_app.document import Document, DocumentEvent, Layer, MaskLayer, ObjectLayer, RasterLayer, ReferenceLayer
 from desktop_app.history import AddedLayer, PaintPatch
 
 MIN_ZOOM, MAX_ZOOM = 1 / 32, 32.0
@@ -98,10 +99,12 @@ class CanvasView(QGraphicsView):
         self.segment_tool = SegmentTool(self)
         self.drag_tool = DragPointTool(self)
         self.region_tool = RegionMoveTool(self)
+        self.reference_tool = ReferencePlaceTool(self)
         self._point_tools: dict[str, PointTool] = {
             "segment": self.segment_tool,
             "drag": self.drag_tool,
             "move": self.region_tool,
+            "reference": self.reference_tool,  # no tool of that name: Move drives it (see _point_tool)
         }
         self._document_listener: WeakListener | None = None
         self._pan_from: QPointF | None = None
@@ -162,6 +165,8 @@ class CanvasView(QGraphicsView):
         if event.type == "active_changed":
             self._update_region_handles()
             return
+        if isinstance(event.layer, ReferenceLayer):
+            self.reference_tool.refresh()
         if not isinstance(event.layer, RasterLayer):
             return
         if event.type != "layer_changed" or event.attribute in ("visible", "opacity"):
@@ -311,7 +316,7 @@ class CanvasView(QGraphicsView):
             self._update_cursor()
         elif button == Qt.MouseButton.LeftButton and self._gesture is None and self._busy_tool() is None:
             point = self._to_scene(event.position())
-            tool = self._point_tools.get(self.tool_state.tool)
+            tool = self._point_tool()
             if tool is not None:
                 tool.press((point.x(), point.y()), event.modifiers())
             else:
@@ -349,8 +354,8 @@ class CanvasView(QGraphicsView):
     def wheelEvent(self, event: QWheelEvent) -> None:  # noqa: N802 - Qt's name
         notches = event.angleDelta().y() / 120.0
         point = self._to_scene(event.position())
-        if notches and self.tool_state.tool == "move" and self.region_tool.wheel((point.x(), point.y()), notches):
-            pass  # the wheel over a region scales it
+        if notches and self.tool_state.tool == "move" and self._point_tool().wheel((point.x(), point.y()), notches):
+            pass  # the wheel over a region (or the active reference image) scales it
         elif notches:
             self.zoom_at(WHEEL_STEP**notches, event.position())
         event.accept()
@@ -421,7 +426,7 @@ class CanvasView(QGraphicsView):
     def cancel_gesture(self) -> None:
         """Esc: undo what the running gesture painted, without leaving anything on the undo stack; a point tool
         drops what it has not applied (segment prompts and proposal, a pending handle, a region being dragged)."""
-        tool = self._point_tools.get(self.tool_state.tool)
+        tool = self._busy_tool() or self._point_tool()
         if tool is not None:
             tool.cancel()
         gesture, self._gesture = self._gesture, None
@@ -503,13 +508,21 @@ class CanvasView(QGraphicsView):
         return next((tool for tool in self._point_tools.values() if tool.busy), None)
 
     def _can_cancel(self) -> bool:
-        tool = self._point_tools.get(self.tool_state.tool)
+        tool = self._busy_tool() or self._point_tool()
         return self._gesture is not None or (tool is not None and tool.can_cancel())
+
+    def _point_tool(self) -> PointTool | None:
+        """The point tool the selected tool drives: Move places the active layer when that is a reference image."""
+        layer = self.document.active_layer if self.document is not None else None
+        if self.tool_state.tool == "move" and isinstance(layer, ReferenceLayer):
+            return self.reference_tool
+        return self._point_tools.get(self.tool_state.tool)
 
     def _update_region_handles(self) -> None:
         layer = self.document.active_layer if self.document is not None else None
         selected = self.tool_state.tool == "move" and isinstance(layer, (MaskLayer, ObjectLayer))
         self._scene.set_region_handles(layer.id if selected else None)
+        self.reference_tool.refresh()
 
     # --- tool state ---------------------------------------------------------------------------------------------
 
