@@ -208,10 +208,14 @@ class WindowActions:
         menu = window.menuBar().addMenu("&Job")
         pixmap = QStyle.StandardPixmap
         self.run_action = self._action("&Run", window.run_edit, "Ctrl+Return", "Ctrl+Enter", icon=pixmap.SP_MediaPlay)
-        self.run_action.setToolTip("Run the method on the document (Ctrl+Enter)")
+        self.run_action.setToolTip("Run the method on the document; while an edit runs, queue it (Ctrl+Enter)")
+        self.run_next_action = self._action(
+            "Run &Next", lambda: window.run_edit(first=True), "Ctrl+Shift+Return", "Ctrl+Shift+Enter"
+        )
+        self.run_next_action.setToolTip("Queue the edit ahead of the waiting ones (Ctrl+Shift+Enter)")
         self.cancel_action = self._action("&Cancel", window.cancel_edit, "Esc", icon=pixmap.SP_MediaStop)
         self.cancel_action.setToolTip("Cancel the running edit (Esc)")
-        menu.addActions([self.run_action, self.cancel_action])
+        menu.addActions([self.run_action, self.run_next_action, self.cancel_action])
 
     def _toolbar(self) -> None:
         bar = QToolBar("Main", self.window)
@@ -246,7 +250,7 @@ class WindowActions:
 
     def set_running(self, running: bool) -> None:
         # A disabled action gives its shortcut up: Esc only cancels while a job runs (else a tool or dialog has it).
-        self.run_action.setEnabled(not running)
+        # Run stays on: while an edit runs it queues the next one.
         self.cancel_action.setEnabled(running)
 
 

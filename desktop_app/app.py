@@ -58,6 +58,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         action="store_true",
         help="print the seconds from process start until the window's first paint, then quit",
     )
+    parser.add_argument(
+        "--measure-responsiveness",
+        action="store_true",
+        help="run an edit on a sample and cancel another while probing the GUI thread's stalls; print them, quit",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser.parse_known_args(argv)
 
@@ -85,12 +90,17 @@ def run_gui(args: argparse.Namespace, qt_args: list[str]) -> int:
         # The backend (a process that imports torch) starts only now, so it never delays the window.
         link.start()
         link.request_methods()
-        if not args.smoke_test:  # a smoke test must never wait on a dialog
+        if not (args.smoke_test or args.measure_responsiveness):  # these must never wait on a dialog
             window.files.offer_recovery()
 
     try:
         if args.smoke_test:
             _arm_smoke_test(app, link)
+        if args.measure_responsiveness:
+            from desktop_app.diagnostics import ResponsivenessRun
+
+            window.files.ask_save_changes = lambda _name: "discard"
+            ResponsivenessRun(window, app)
         if not _open_start_image(window, args):
             return 1
         call_after_first_paint(window, after_first_paint)

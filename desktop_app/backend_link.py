@@ -1,10 +1,10 @@
 """The GUI's handle on the backend: a QThread that owns a `BackendClient` and turns its events into Qt signals.
 
 Every client call happens on the link's own thread. The GUI thread only puts commands on a thread-safe queue
-(`submit`, `cancel`, `request_methods`, `request_models`, `restart`, `shutdown`) and receives events through queued
-signals, handled in one dispatch function. Previews are throttled on the link's thread, before they cross over, so a
-fast sampler cannot flood the GUI with repaints; the last preview of a job is always delivered, before the job's
-terminal event.
+(`submit`, `cancel`, `run_next`, `request_methods`, `request_models`, `restart`, `shutdown`) and receives events
+through queued signals, handled in one dispatch function. Previews are throttled on the link's thread, before they
+cross over, so a fast sampler cannot flood the GUI with repaints; the last preview of a job is always delivered,
+before the job's terminal event.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class ClientLike(Protocol):
     def stop(self, timeout: float = ...) -> int | None: ...
     def submit(self, job: EditRequest | Query) -> str: ...
     def cancel(self, job_id: str | None = None) -> bool: ...
+    def move_to_front(self, job_id: str) -> bool: ...
     def poll(self, timeout: float = 0.0) -> Event | None: ...
 
 
@@ -90,7 +91,13 @@ class _Poller(QObject):
     models = Signal(object)  # list[dict]: the backend's model list (id, title, source, location, ...)
     segments = Signal(str, object)  # query id, uint8 mask: the answer to a click-to-segment request
 
-    def __init__(self, client_factory: ClientFactory, commands: queue.SimpleQueue, settings: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        client_factory: ClientFactory,
+        commands: queue.SimpleQueue,
+        settings: dict[str, Any],
+        preview_interval: float = PREVIEW_INTERVAL,
+    ) -> None:
         super().__init__()
         self.client: ClientLike | None = None
         self._factory = client_factory
@@ -98,7 +105,8 @@ class _Poller(QObject):
         self.settings = dict(settings)  # the next client's; written by the GUI thread only before the thread starts
         self._queries: dict[str, Query] = {}  # asked and not answered yet
         self._edits: set[str] = set()  # submitted edits without their terminal event yet
-        self._throttle = PreviewThrottle()
+        self._preview_interval = preview_interval
+        self._throttle = PreviewThrottle(preview_interval)
         self._timer: QTimer | None = None
 
     @Slot()
@@ -174,7 +182,7 @@ class _Poller(QObject):
         for job_id in sorted(self._edits):
             self.delivered.emit(Event(kind="cancelled", job_id=job_id, message=RESTARTED))
         self._edits.clear()
-        self._throttle = PreviewThrottle()
+        self._throttle = PreviewThrottle(self._preview_interval)
         self.settings = dict(settings)
         logger.info("restarting the backend with %s", self.settings)
         self._start_client()
@@ -193,6 +201,9 @@ class _Poller(QObject):
         try:
             if name == "cancel":
                 self.client.cancel(argument)
+                return
+            if name == "run_next":  # a job that has started meanwhile stays where it is: nothing to do
+                self.client.move_to_front(argument)
                 return
             if name == "query":
                 self._queries[job_id] = argument
@@ -275,17 +286,19 @@ class BackendLink(QObject):
         client_factory: ClientFactory | None = None,
         *,
         settings: dict[str, Any] | None = None,
+        preview_interval: float = PREVIEW_INTERVAL,
         parent: QObject | None = None,
     ) -> None:
         """`client_factory(settings)` is called on the link's thread (at start and at each restart); by default it
-        makes a `BackendClient(settings)`."""
+        makes a `BackendClient(settings)`. At most one preview per `preview_interval` seconds reaches the GUI (0:
+        every one, as tests that count them want)."""
         super().__init__(parent)
         self.settings: dict[str, Any] = dict(settings or {})  # what the backend runs (or will run) with
         self.running_job: str | None = None
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = QThread(self)
         self._thread.setObjectName("atelier-backend-link")
-        self._poller = _Poller(client_factory or BackendClient, self._commands, self.settings)
+        self._poller = _Poller(client_factory or BackendClient, self._commands, self.settings, preview_interval)
         self._poller.moveToThread(self._thread)
         self._thread.started.connect(self._poller.begin)
         self._poller.delivered.connect(self._dispatch)
@@ -307,8 +320,12 @@ class BackendLink(QObject):
         return request.job_id
 
     def cancel(self, job_id: str | None = None) -> None:
-        """Cancel the running job (None) or the job `job_id`."""
+        """Cancel the running job (None) or the job `job_id` (a waiting one is taken out of the queue)."""
         self._put("cancel", job_id)
+
+    def run_next(self, job_id: str) -> None:
+        """Put the waiting job `job_id` first in line."""
+        self._put("run_next", job_id)
 
     def request_methods(self) -> str:
         """Ask the backend for its methods; the answer comes as `methods_ready` (or `error`)."""

@@ -3,7 +3,11 @@ History docks, wired to the backend link.
 
 What it settles: a run builds one `EditRequest` from the document (edit_request.py); previews and the result go to
 the staging pane, never over the user's pixels; accepting a result is one undo step that adds a layer and a history
-entry. Menus and shortcuts live in actions.py, opening/saving/autosave in files.py, Edit ▸ Preferences in
+entry. Runs queue (jobs.py keeps the window's picture of the client's queue): Run while an edit runs puts the new one
+in line, Run next puts it first. A staged result nobody has accepted yet is parked, not lost, while the next edit
+shows its previews, and comes back after that one's result is accepted or discarded. Errors appear in a banner over
+the canvas that never blocks; if the backend process dies the banner says so and a new one is started at once.
+Menus and shortcuts live in actions.py, opening/saving/autosave in files.py, Edit ▸ Preferences in
 preferences.py.
 """
 
@@ -19,7 +23,7 @@ import numpy as np
 from PIL import Image
 from PySide6.QtCore import QByteArray, Qt
 from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QUndoStack
-from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QMessageBox, QSplitter, QStackedWidget, QWidget
+from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QSplitter, QStackedWidget, QVBoxLayout, QWidget
 
 from backend.protocol import EditRequest, MethodInfo
 from desktop_app.actions import WindowActions
@@ -30,7 +34,9 @@ from desktop_app.document import Document, DocumentEvent, HistoryEntry, MaskLaye
 from desktop_app.edit_request import MissingInput, build_request
 from desktop_app.files import DocumentFiles, local_files
 from desktop_app.history import AddHistoryEntry, AddLayer
+from desktop_app.jobs import JobBook
 from desktop_app.panels import HistoryPanel, LayersPanel, MethodPanel, StagingPanel
+from desktop_app.panels.banner import Banner
 from desktop_app.panels.method import model_name
 from desktop_app.panels.reference import install_reference_tool
 from desktop_app.preferences import Preferences
@@ -39,6 +45,7 @@ from desktop_app.settings import Settings, load_settings
 logger = logging.getLogger(__name__)
 
 MESSAGE_MS = 5000
+DIED = "Backend: stopped — restarting…"
 WELCOME = "Open a picture or a project (File ▸ Open, Ctrl+O), drop one here, or try File ▸ Open Sample."
 
 
@@ -62,9 +69,9 @@ class MainWindow(QMainWindow):
         self.undo_stack.cleanChanged.connect(self._on_clean_changed)
         size = min(MAX_SIZE, max(MIN_SIZE, self.settings.brush_size))
         self.tool_state = ToolState(size=size, hardness=self.settings.brush_hardness)
-        self.job_id: str | None = None  # the edit this window submitted and is waiting for
-        self.job_request: EditRequest | None = None
-        self.error_box: QMessageBox | None = None
+        self.jobs = JobBook()  # the edits this window submitted and has not seen end
+        self.parked_results: list[tuple[np.ndarray, dict, EditRequest | None]] = []  # staged, then set aside
+        self.staged_request: EditRequest | None = None  # what made the staged result
         self.backend_restarting = False  # from a restart with new settings until the new backend lists its methods
         self.setWindowTitle("Atelier")
         self.resize(1400, 900)
@@ -83,7 +90,7 @@ class MainWindow(QMainWindow):
 
     # --- construction --------------------------------------------------------------------------------------
 
-    def _build_central(self) -> QSplitter:
+    def _build_central(self) -> QWidget:
         self.canvas = CanvasView(undo_stack=self.undo_stack, tool_state=self.tool_state)
         # Drops go to the window (open the file), not to the scene, which has no items that take them.
         self.canvas.setAcceptDrops(False)
@@ -101,7 +108,15 @@ class MainWindow(QMainWindow):
         splitter.setStretchFactor(1, 2)
         splitter.setCollapsible(0, False)
         self.splitter = splitter
-        return splitter
+        self.banner = Banner()
+        self.error_box = self.banner  # where errors show (tests and older callers read it by this name)
+        central = QWidget()
+        layout = QVBoxLayout(central)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(4)
+        layout.addWidget(self.banner)
+        layout.addWidget(splitter, 1)
+        return central
 
     def _build_docks(self) -> None:
         self.method_panel = MethodPanel()
@@ -155,7 +170,10 @@ class MainWindow(QMainWindow):
         link.error.connect(self._on_error)
         link.cancelled.connect(self._on_cancelled)
         self.method_panel.run_requested.connect(self.run_edit)
+        self.method_panel.run_next_requested.connect(lambda: self.run_edit(first=True))
         self.method_panel.cancel_requested.connect(self.cancel_edit)
+        self.method_panel.queue_view.run_next_requested.connect(self.move_to_front)
+        self.method_panel.queue_view.remove_requested.connect(self.remove_queued)
         self.staging.accept_requested.connect(self.accept_result)
         self.staging.discard_requested.connect(self.discard_result)
         self.history_panel.reuse_requested.connect(self.reuse_recipe)
@@ -172,9 +190,11 @@ class MainWindow(QMainWindow):
 
     def set_document(self, document: Document | None, name: str = "") -> None:
         """Show `document`; the undo history, a staged result and a running job belong to the old one and go."""
-        if self.job_id is not None:  # its result would belong to the old picture: cancel it and stop listening
-            self.link.cancel(self.job_id)
+        if self.jobs:  # their results would belong to the old picture: cancel them and stop listening
+            for job_id in self.jobs.clear():
+                self.link.cancel(job_id)
             self._finish_job("cancelled: another document was opened")
+        self.parked_results.clear()
         if self.document is not None:
             self.document.events.modified_changed.disconnect(self._on_modified)
         self.document, self.document_name = document, name if document is not None else ""
@@ -186,7 +206,7 @@ class MainWindow(QMainWindow):
         if document is not None:
             document.events.modified_changed.connect(self._on_modified)
             self.canvas.setFocus()
-        self.staging.clear()
+        self._clear_staging()
         self.files.document_replaced()
         self.window_actions.document_replaced(document is not None)
         self._update_title()
@@ -222,15 +242,9 @@ class MainWindow(QMainWindow):
     def show_status(self, text: str, timeout_ms: int = MESSAGE_MS) -> None:
         self.statusBar().showMessage(text, timeout_ms)
 
-    def show_error(self, title: str, message: str, hint: str = "") -> None:
-        """A non-modal box (one at a time, reused) so the window stays usable; tests read or replace it."""
-        if self.error_box is None:
-            self.error_box = QMessageBox(QMessageBox.Icon.Warning, "Atelier", "", QMessageBox.StandardButton.Ok, self)
-            self.error_box.setModal(False)
-        self.error_box.setWindowTitle(f"Atelier — {title}")
-        self.error_box.setText(message)
-        self.error_box.setInformativeText(hint)
-        self.error_box.show()
+    def show_error(self, title: str, message: str, hint: str = "", level: str = "error") -> None:
+        """In the banner over the canvas: never modal, never steals focus; the next message replaces it."""
+        self.banner.show_message(title, message, hint, level)
 
     def _on_cursor(self, x: int, y: int) -> None:
         inside = self.document is not None and 0 <= x < self.document.width and 0 <= y < self.document.height
@@ -254,10 +268,18 @@ class MainWindow(QMainWindow):
 
     # --- running an edit -----------------------------------------------------------------------------------
 
-    def run_edit(self) -> str | None:
-        """Submit the current method on the document; returns its job id (None, with the reason shown, if not)."""
-        if self.job_id is not None:
-            return None
+    @property
+    def job_id(self) -> str | None:
+        """The edit whose progress the window shows: the running one, else the next in line; None when idle."""
+        return self.jobs.current
+
+    @property
+    def job_request(self) -> EditRequest | None:
+        return self.jobs.requests.get(self.jobs.current or "")
+
+    def run_edit(self, first: bool = False) -> str | None:
+        """Submit the current method on the document — queued behind the running edit, or first in line with
+        `first` (Run next); returns its job id (None, with the reason shown, if it could not be built)."""
         method = self.method_panel.current_method()
         if method is None or self.document is None:
             reason = "the backend has not listed its methods yet" if method is None else "open a picture first"
@@ -268,17 +290,38 @@ class MainWindow(QMainWindow):
         except MissingInput as missing:
             self.show_status(f"Cannot run: {missing}", 10_000)
             return None
-        self.job_id, self.job_request = self.link.submit(request), request
+        busy = bool(self.jobs)
+        self.jobs.submitted(request, first=first)
+        self.link.submit(request)
+        if first and busy:
+            self.link.run_next(request.job_id)
+        if busy:
+            position = self.jobs.waiting.index(request.job_id) + 1
+            self.show_status(f"Queued {method.title} ({_ordinal(position)} in line)")
+        else:
+            self.method_panel.set_queued()
         self.method_panel.set_running(True)
         self.window_actions.set_running(True)
-        self.method_panel.set_queued()
-        self.staging.clear()
-        return self.job_id
+        self._show_queue()
+        return request.job_id
 
     def cancel_edit(self) -> None:
-        if self.job_id is not None:
-            self.link.cancel(self.job_id)
+        """Esc: cancel the running edit (the waiting ones stay queued)."""
+        job_id = self.jobs.current
+        if job_id is not None:
+            self.link.cancel(job_id)
             self.method_panel.stage_label.setText("cancelling…")
+
+    def move_to_front(self, job_id: str) -> None:
+        if self.jobs.move_to_front(job_id):
+            self.link.run_next(job_id)
+            self._show_queue()
+            self.method_panel.queue_view.select(job_id)
+
+    def remove_queued(self, job_id: str) -> None:
+        """Take a waiting edit out of the queue; its `cancelled` event then forgets it."""
+        if job_id in self.jobs.waiting:
+            self.link.cancel(job_id)
 
     def accept_result(self) -> None:
         """The staged result becomes a layer above the picture plus a history entry: one undo step."""
@@ -289,7 +332,8 @@ class MainWindow(QMainWindow):
         recipe = dict(metadata.get("recipe") or {})
         pixels, note = self._fit_to_document(image)
         layer = RasterLayer(name=f"{title} result", pixels=pixels, recipe=recipe)
-        details = {key: value for key, value in metadata.items() if key != "recipe"}  # the recipe is stored once
+        # The recipe is stored once; arrays meant for the viewer (insight) stay out of the saved project.
+        details = {key: value for key, value in metadata.items() if key not in ("recipe", "insight")}
         details.setdefault("time", time.time())
         prompt = recipe.get("target_prompt") or recipe.get("source_prompt") or ""
         entry = HistoryEntry(f"{title}: {prompt}" if prompt else title, layer.id, recipe, details)
@@ -300,7 +344,7 @@ class MainWindow(QMainWindow):
         self.undo_stack.endMacro()
         if painting_on is not None:  # keep the mask active: adjusting it and running again is the usual next step
             document.set_active(painting_on.id)
-        self.staging.clear()
+        self._next_staged()
         self.show_status(f"Added '{layer.name}' as a new layer{note} (Ctrl+Z to undo)")
 
     def _fit_to_document(self, image: np.ndarray) -> tuple[np.ndarray, str]:
@@ -316,71 +360,151 @@ class MainWindow(QMainWindow):
         return np.ascontiguousarray(resized), f", resized from {got[0]}×{got[1]} to {size[0]}×{size[1]}"
 
     def discard_result(self) -> None:
-        self.staging.clear()
+        self._next_staged()
 
     def reuse_recipe(self, recipe: dict) -> None:
         self.show_status(self.method_panel.apply_recipe(recipe))
         self.method_dock.raise_()
 
-    def _finish_job(self, stage: str, complete: bool = False) -> None:
-        self.job_id = None
-        self.method_panel.set_finished(stage, complete)
-        self.window_actions.set_running(False)
-        if not self.backend_restarting:
-            self.backend_state.setText(f"Backend: ready — {len(self.method_panel.methods)} methods")
-        self.preferences.job_finished()  # a backend restart the user put off until now
+    # --- staging: one result at a time, the others parked ---------------------------------------------------
+
+    def _stage_result(self, image: np.ndarray, metadata: dict, request: EditRequest | None) -> None:
+        seconds = metadata.get("seconds")
+        timing = f" in {seconds:.1f} s" if isinstance(seconds, (int, float)) else ""
+        self.staged_request = request
+        before = request.image if request is not None else None  # the picture the edit was made from
+        label = f"Result — {metadata.get('method_title', '')}{timing}"
+        self.staging.show_result(image, metadata, label, before=before)
+        if self.parked_results:
+            more = len(self.parked_results)
+            self.staging.label.setText(f"{self.staging.label.text()}  (+{more} earlier result{'s' * (more > 1)})")
+
+    def _park_staged_result(self) -> None:
+        """A new edit starts while a result waits for Accept/Discard: set the result aside for its previews."""
+        if self.staging.metadata is not None and (image := self.staging.array()) is not None:
+            self.parked_results.append((image, dict(self.staging.metadata), self.staged_request))
+            self.show_status("The earlier result is kept: it comes back once you accept or discard the new one")
+        self.staging.clear()
+
+    def _next_staged(self) -> None:
+        """Accept/Discard is done with the staged result: bring back a parked one unless an edit is running."""
+        self._clear_staging()
+        if self.parked_results and self.jobs.running is None:
+            self._stage_result(*self.parked_results.pop())
+
+    def _clear_staging(self) -> None:
+        self.staged_request = None
+        self.staging.clear()
 
     # --- backend signals -----------------------------------------------------------------------------------
+
+    def _finish_job(self, stage: str, complete: bool = False) -> None:
+        """One of the window's edits ended; when none is left the window is idle again."""
+        self._show_queue()
+        if self.jobs:
+            if stage.startswith(("failed", "cancelled")):
+                self.show_status(f"Edit {stage}; the next one in the queue goes on")
+            return
+        self.method_panel.set_finished(stage, complete)
+        self.window_actions.set_running(False)
+        self._show_backend_state()
+        self.preferences.job_finished()  # a backend restart the user put off until now
+
+    def _show_queue(self) -> None:
+        methods = self.method_panel.methods
+        self.method_panel.queue_view.set_jobs(self.jobs, lambda m: methods[m].title if m in methods else m)
+        self._show_backend_state()
+
+    def _show_backend_state(self) -> None:
+        if self.backend_restarting:
+            return  # the restart's own text stays until the new backend lists its methods
+        running = self.jobs.requests.get(self.jobs.running or "")
+        if running is not None:
+            method = self.method_panel.methods.get(running.method)
+            waiting = f" ({len(self.jobs.waiting)} waiting)" if self.jobs.waiting else ""
+            self.backend_state.setText(f"Backend: busy — {method.title if method else running.method}{waiting}")
+        elif self.method_panel.methods:
+            self.backend_state.setText(f"Backend: ready — {len(self.method_panel.methods)} methods")
 
     def _on_methods(self, infos: list[MethodInfo]) -> None:
         self.method_panel.set_methods(infos)
         self.backend_restarting = False
-        self.backend_state.setText(f"Backend: ready — {len(infos)} methods")
+        self._show_backend_state()
 
     def _on_started(self, job_id: str, _message: str) -> None:
-        if job_id == self.job_id and self.job_request is not None:
-            method = self.method_panel.methods.get(self.job_request.method)
-            self.backend_state.setText(f"Backend: running {method.title if method else self.job_request.method}")
-            self.method_panel.stage_label.setText("started")
+        if not self.jobs.started(job_id):
+            return
+        self._park_staged_result()
+        self.method_panel.set_queued()
+        self.method_panel.stage_label.setText("started")
+        self._show_queue()
+        self._show_backend_state()
 
     def _on_progress(self, job_id: str, step: int, total: int, stage: str) -> None:
-        if job_id == self.job_id:
+        if job_id == self.jobs.current:
             self.method_panel.set_progress(step, total, stage)
 
     def _on_preview(self, job_id: str, step: int, image: np.ndarray) -> None:
-        if job_id == self.job_id and image is not None:
+        if job_id == self.jobs.current and image is not None:
             self.staging.show_preview(image, step)
 
     def _on_log(self, _job_id: str, message: str) -> None:
         self.show_status(message)
 
     def _on_result(self, job_id: str, image: np.ndarray, metadata: dict) -> None:
-        if job_id != self.job_id:
+        request = self.jobs.ended(job_id)
+        if request is None:
             return
         metadata = dict(metadata)
-        if not metadata.get("recipe") and self.job_request is not None:  # a backend that sent none: ours is exact
-            metadata["recipe"] = dataclasses.replace(self.job_request, image=None).to_dict()
-        seconds = metadata.get("seconds")
-        timing = f" in {seconds:.1f} s" if isinstance(seconds, (int, float)) else ""
-        self.staging.show_result(image, metadata, f"Result — {metadata.get('method_title', '')}{timing}")
+        if not metadata.get("recipe"):  # a backend that sent none: ours is exact
+            metadata["recipe"] = dataclasses.replace(request, image=None).to_dict()
+        if self.staging.metadata is not None:  # a parked-then-restored result is on show: this one goes first
+            self._park_staged_result()
+        self._stage_result(image, metadata, request)
         self._finish_job("done: accept or discard the result", complete=True)
 
     def _on_error(self, job_id: str, kind: str, message: str, hint: str) -> None:
         logger.warning("backend error (%s) for job %s: %s", kind, job_id or "-", message)
         self.statusBar().showMessage(f"Error: {message}" + (f" — {hint}" if hint else ""))
-        self.show_error(kind or "error", message, hint)
-        if job_id and job_id == self.job_id:
-            self.staging.clear()
+        ours = self.jobs.ended(job_id) is not None if job_id else False
+        if kind == "backend-died":
+            self._on_backend_died(message, ours)
+        else:
+            self.show_error(kind or "error", message, hint)
+        if ours:
+            if self.staging.metadata is None:
+                self._clear_staging()
             self._finish_job(f"failed ({kind})")
-        elif not self.method_panel.methods or self.backend_restarting:
+        elif kind != "backend-died" and (not self.method_panel.methods or self.backend_restarting):
             self.backend_restarting = False
             self.backend_state.setText("Backend: error")
 
+    def _on_backend_died(self, message: str, during_edit: bool) -> None:
+        """The backend process is gone (crash, out of memory, killed): say so, and start a new one now — asking
+        for the method list does that, and its answer flips the status back to ready. Queued edits go on there."""
+        what = "Your edit was stopped. " if during_edit else ""
+        self.show_error(
+            "The backend stopped",
+            f"{message}. {what}A new backend is starting.",
+            "Your document is unchanged. If this keeps happening, try a smaller image or the CPU device.",
+            level="warning",
+        )
+        self.backend_restarting = True
+        self.backend_state.setText(DIED)
+        self.link.request_methods()
+
     def _on_cancelled(self, job_id: str) -> None:
-        if job_id == self.job_id:
-            self.staging.clear()
+        running = job_id == self.jobs.running
+        if self.jobs.ended(job_id) is None:
+            return
+        if running or not self.jobs:
+            if self.staging.metadata is None:
+                self._clear_staging()
             self._finish_job("cancelled")
             self.show_status("Edit cancelled")
+        else:
+            self._finish_job("removed")
+            self.show_status("Removed the edit from the queue")
 
     # --- window layout and closing --------------------------------------------------------------------------
 
@@ -409,10 +533,14 @@ class MainWindow(QMainWindow):
         if not self.files.confirm_discard_changes():
             event.ignore()
             return
-        if self.job_id is not None:
-            self.link.cancel(self.job_id)
+        for job_id in self.jobs.clear():
+            self.link.cancel(job_id)
         self.files.end_session()
         super().closeEvent(event)
+
+
+def _ordinal(number: int) -> str:
+    return f"{number}{'st' if number == 1 else 'nd' if number == 2 else 'rd' if number == 3 else 'th'}"
 
 
 def _result_index(document: Document) -> int | None:

@@ -67,7 +67,9 @@ class FakeClient:
     """Answers the methods query with `methods`, the models query with `models`, and replays `script(request)` for
     each edit. `settings` are kept, as BackendClient's constructor takes them.
 
-    With `hold_at_step`, an edit stops after that step's preview until it is cancelled (as a long job would)."""
+    Edits queue as in BackendClient: one runs at a time, the next one's stream starts once the running one's
+    terminal event has been polled; `move_to_front` and `cancel` of a waiting edit work on that queue. With
+    `hold_at_step`, an edit stops after that step's preview until it is cancelled (as a long job would)."""
 
     pid = 4242
 
@@ -89,6 +91,8 @@ class FakeClient:
         self.started = self.stopped = False
         self._events: queue.Queue[Event] = queue.Queue()
         self.threads: set[int] = set()
+        self.waiting: list[EditRequest] = []
+        self.running: str | None = None
 
     def start(self) -> None:
         self.started = True
@@ -110,15 +114,36 @@ class FakeClient:
                 answer = {"methods": [info.to_dict() for info in self.methods]}
             self._events.put(Event(kind="result", job_id=job.job_id, metadata=answer))
             return job.job_id
+        self.waiting.append(job)
+        self._dispatch()
+        return job.job_id
+
+    def _dispatch(self) -> None:
+        if self.running is not None or not self.waiting:
+            return
+        job = self.waiting.pop(0)
+        self.running = job.job_id
         for event in self.script(job):
             self._events.put(event)
             if self.hold_at_step is not None and event.kind == "preview" and event.step == self.hold_at_step:
                 break
-        return job.job_id
+
+    def move_to_front(self, job_id: str) -> bool:
+        job = next((job for job in self.waiting if job.job_id == job_id), None)
+        if job is None:
+            return False
+        self.waiting.remove(job)
+        self.waiting.insert(0, job)
+        return True
 
     def cancel(self, job_id: str | None = None) -> bool:
         self.cancelled.append(job_id)
-        self._events.put(Event(kind="cancelled", job_id=job_id or "", message="cancelled by the user"))
+        waiting = next((job for job in self.waiting if job.job_id == job_id), None)
+        if waiting is not None:
+            self.waiting.remove(waiting)
+            self._events.put(Event(kind="cancelled", job_id=job_id, message="removed from the queue"))
+            return True
+        self._events.put(Event(kind="cancelled", job_id=job_id or self.running or "", message="cancelled by the user"))
         return True
 
     def emit(self, event: Event) -> None:
@@ -127,9 +152,13 @@ class FakeClient:
 
     def poll(self, timeout: float = 0.0) -> Event | None:
         try:
-            return self._events.get(timeout=timeout) if timeout > 0 else self._events.get_nowait()
+            event = self._events.get(timeout=timeout) if timeout > 0 else self._events.get_nowait()
         except queue.Empty:
             return None
+        if event.terminal and event.job_id == self.running:
+            self.running = None
+            self._dispatch()
+        return event
 
     def edits(self) -> list[EditRequest]:
         return [job for job in self.submitted if isinstance(job, EditRequest)]

@@ -25,6 +25,7 @@ from desktop_app.document import RasterLayer, to_rgba
 from desktop_app.resources import sample_images
 
 REPO = Path(__file__).resolve().parent.parent
+SHIFT = Qt.KeyboardModifier.ShiftModifier
 
 METHODS = [
     MethodInfo(
@@ -209,11 +210,57 @@ def test_ctrl_return_runs_and_esc_cancels(qtbot, fake, window):
     qtbot.keyClick(panel.target_prompt, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
     qtbot.waitUntil(lambda: panel.progress_bar.value() == 1)
     job_id = window.job_id
-    assert job_id is not None and not panel.run_button.isEnabled() and not window.window_actions.run_action.isEnabled()
+    assert job_id is not None and panel.cancel_button.isEnabled() and window.window_actions.cancel_action.isEnabled()
+    assert "busy — SDEdit" in window.backend_state.text()
     qtbot.keyClick(panel.target_prompt, Qt.Key.Key_Escape)
     qtbot.waitUntil(lambda: window.job_id is None)
     assert fake.cancelled == [job_id]
-    assert panel.stage_label.text() == "cancelled" and panel.run_button.isEnabled()
+    assert panel.stage_label.text() == "cancelled" and not panel.cancel_button.isEnabled()
+    assert window.backend_state.text().startswith("Backend: ready")
+
+
+def test_run_while_an_edit_runs_queues_it_and_run_next_puts_it_first(qtbot, fake, window):
+    fake.hold_at_step = 1
+    panel, queue = window.method_panel, window.method_panel.queue_view
+    panel.target_prompt.setText("first")
+    running = window.run_edit()
+    qtbot.waitUntil(lambda: panel.progress_bar.value() == 1)
+    assert not queue.isVisible()
+    panel.target_prompt.setText("second")
+    qtbot.mouseClick(panel.run_button, Qt.MouseButton.LeftButton)
+    panel.target_prompt.setText("third")
+    qtbot.keyClick(panel.target_prompt, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier | SHIFT)
+    qtbot.waitUntil(lambda: [job.target_prompt for job in fake.waiting] == ["third", "second"])
+    assert queue.isVisible() and len(queue.waiting_texts()) == 2
+    assert '"third"' in queue.waiting_texts()[0] and '"second"' in queue.waiting_texts()[1]
+    assert "2 waiting" in window.backend_state.text()
+    fake.hold_at_step = None  # the queued ones run through
+    qtbot.keyClick(panel.target_prompt, Qt.Key.Key_Escape)  # cancels the running one only
+    qtbot.waitUntil(lambda: window.job_id is None)
+    assert fake.cancelled == [running]
+    # "third" ran first, then "second", whose start parked third's result; second's result is on show.
+    assert window.staging.metadata["recipe"]["target_prompt"] == "second"
+    assert "+1 earlier result" in window.staging.label.text()
+    qtbot.mouseClick(window.staging.discard_button, Qt.MouseButton.LeftButton)
+    assert window.staging.metadata["recipe"]["target_prompt"] == "third"  # came back, not lost
+    qtbot.mouseClick(window.staging.accept_button, Qt.MouseButton.LeftButton)
+    assert window.document.history[-1].recipe["target_prompt"] == "third" and window.staging.metadata is None
+
+
+def test_remove_takes_a_waiting_edit_out_of_the_queue(qtbot, fake, window):
+    fake.hold_at_step = 1
+    panel, queue = window.method_panel, window.method_panel.queue_view
+    running = window.run_edit()
+    waiting = window.run_edit()
+    qtbot.waitUntil(lambda: queue.isVisible())
+    queue.select(waiting)
+    qtbot.mouseClick(queue.remove_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not queue.isVisible())
+    assert fake.cancelled == [waiting] and fake.waiting == [] and window.job_id == running
+    assert panel.cancel_button.isEnabled()  # the running edit goes on
+    window.cancel_edit()
+    qtbot.waitUntil(lambda: window.job_id is None)
+    assert [edit.job_id for edit in fake.edits()] == [running, waiting] and fake.cancelled == [waiting, running]
 
 
 def test_cancel_button_cancels_the_running_job_by_id(qtbot, fake, window):

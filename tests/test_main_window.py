@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from fake_backend import FakeClient, open_window, recorded_stream
 from PIL import Image
-from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
+from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDragMoveEvent, QDropEvent, QImage
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication
+from qt_input import paint
 
 from backend.protocol import MethodInfo, ParamSpec
 from desktop_app.app import call_after_first_paint
@@ -115,21 +116,6 @@ def window(make_window, picture_file):
 def select_method(window, method_id: str) -> None:
     combo = window.method_panel.method_combo
     combo.setCurrentIndex(combo.findData(method_id))
-
-
-def paint(window, points: list[tuple[float, float]], size: int = 6) -> None:
-    """A brush stroke on the canvas through its viewport, as a mouse would make it."""
-    canvas = window.canvas
-    window.tool_state.tool, window.tool_state.size, window.tool_state.hardness = "brush", size, 1.0
-    viewport = canvas.viewport()
-
-    def at(x: float, y: float) -> QPoint:
-        return canvas.mapFromScene(QPointF(x, y))
-
-    QTest.mousePress(viewport, LEFT, NONE, at(*points[0]))
-    for point in points[1:]:
-        QTest.mouseMove(viewport, at(*point))
-    QTest.mouseRelease(viewport, LEFT, NONE, at(*points[-1]))
 
 
 def run_and_wait(qtbot, window) -> None:

@@ -26,12 +26,14 @@ from PySide6.QtWidgets import (
 from backend.protocol import MethodInfo
 from desktop_app.edit_request import MethodInputs, mask_roles
 from desktop_app.panels.param_form import ParamForm
+from desktop_app.panels.queue import QueueView
 
 PROMPT_FIELDS = ("target_prompt", "source_prompt", "negative_prompt")
 
 
 class MethodPanel(QWidget):
     run_requested = Signal()
+    run_next_requested = Signal()
     cancel_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -46,10 +48,13 @@ class MethodPanel(QWidget):
         self.source_prompt = QLineEdit()
         self.negative_prompt = QLineEdit()
         self.param_form = ParamForm()
-        self.run_button = QPushButton("Run", toolTip="Run the method (Ctrl+Enter)")
+        self.run_button = QPushButton("Run", toolTip="Run the method; while an edit runs, queue it (Ctrl+Enter)")
+        self.run_next_button = QPushButton("Run next", toolTip="Queue it ahead of the waiting edits (Ctrl+Shift+Enter)")
         self.cancel_button = QPushButton("Cancel", toolTip="Cancel the running edit (Esc)")
         self.run_button.clicked.connect(self.run_requested)
+        self.run_next_button.clicked.connect(self.run_next_requested)
         self.cancel_button.clicked.connect(self.cancel_requested)
+        self.queue_view = QueueView()
         self.progress_bar = QProgressBar()
         self.progress_bar.setFormat("%v / %m")
         self.stage_label = QLabel()
@@ -73,9 +78,10 @@ class MethodPanel(QWidget):
         layout.addLayout(form)
         for widget in (
             self.param_form,
-            _row(self.run_button, self.cancel_button),
+            _row(self.run_button, self.run_next_button, self.cancel_button),
             self.progress_bar,
             self.stage_label,
+            self.queue_view,
             self.model_label,
         ):
             layout.addWidget(widget)
@@ -131,7 +137,8 @@ class MethodPanel(QWidget):
     # --- job state ----------------------------------------------------------------------------------------
 
     def set_running(self, running: bool) -> None:
-        self.run_button.setEnabled(not running)
+        """Run stays available while an edit runs (it queues); Run next only means something then."""
+        self.run_next_button.setEnabled(running)
         self.cancel_button.setEnabled(running)
 
     def set_queued(self) -> None:
