@@ -223,6 +223,9 @@ class EditRequest:
     points: list[PointPair] = field(default_factory=list)
     reference_image: np.ndarray | None = None
     reference_mask: np.ndarray | None = None
+    # Where the user placed the reference on the image: (x, y) of its top-left corner in image pixels and the scale
+    # from reference pixels to image pixels (paste and appearance-transfer methods put it there); None = not placed.
+    reference_placement: tuple[float, float, float] | None = None
     source_prompt: str = ""
     target_prompt: str = ""
     negative_prompt: str = ""
@@ -241,6 +244,7 @@ class EditRequest:
             "points": [p.to_dict() for p in self.points],
             "reference_image": encode_array(self.reference_image),
             "reference_mask": encode_array(self.reference_mask),
+            "reference_placement": None if self.reference_placement is None else list(self.reference_placement),
             "source_prompt": self.source_prompt,
             "target_prompt": self.target_prompt,
             "negative_prompt": self.negative_prompt,
@@ -263,6 +267,7 @@ class EditRequest:
             points=[PointPair.from_dict(p) for p in data.get("points", [])],
             reference_image=decode_array(data.get("reference_image")),
             reference_mask=decode_array(data.get("reference_mask")),
+            reference_placement=_placement(data.get("reference_placement")),
             source_prompt=data.get("source_prompt", ""),
             target_prompt=data.get("target_prompt", ""),
             negative_prompt=data.get("negative_prompt", ""),
@@ -276,6 +281,13 @@ class EditRequest:
         if not isinstance(other, EditRequest):
             return NotImplemented
         return self.to_dict() == other.to_dict()
+
+
+def _placement(value: Any) -> tuple[float, float, float] | None:
+    if value is None:
+        return None
+    x, y, scale = (float(v) for v in value)
+    return (x, y, scale)
 
 
 @dataclass

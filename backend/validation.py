@@ -4,6 +4,8 @@ with a message that names the problem, and nothing is lost."""
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import Any
 
 import numpy as np
 
@@ -116,7 +118,19 @@ def _check_reference(request: EditRequest, needed: set[str]) -> tuple[np.ndarray
     mask = request.reference_mask
     if mask is not None:
         mask = _check_mask(mask, "reference mask", reference.shape[:2])
+    _check_placement(request.reference_placement)
     return reference, mask
+
+
+def _check_placement(placement: Any) -> None:
+    if placement is None:
+        return
+    try:
+        x, y, scale = (float(value) for value in placement)
+    except (TypeError, ValueError):
+        raise InputError(f"reference placement must be (x, y, scale), got {placement!r}") from None
+    if not all(math.isfinite(value) for value in (x, y, scale)) or scale <= 0:
+        raise InputError(f"reference placement must be finite with a positive scale, got {placement!r}")
 
 
 def _check_object_prompts(request: EditRequest, image: np.ndarray | None) -> None:

@@ -114,7 +114,11 @@ def _reference(document: Document, method: MethodInfo) -> dict:
             raise MissingInput(f"{method.title} needs a reference image: add one with Layer ▸ Add Reference Image…")
         return {}
     top = visible[-1]  # the one the user sees: the topmost
-    return {"reference_image": top.image.copy(), "reference_mask": None if top.mask is None else top.mask.copy()}
+    return {
+        "reference_image": top.image.copy(),
+        "reference_mask": None if top.mask is None else top.mask.copy(),
+        "reference_placement": (float(top.x), float(top.y), float(top.scale)),
+    }
 
 
 __all__ = ["MethodInputs", "MissingInput", "build_request", "mask_roles", "takes"]

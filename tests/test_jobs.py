@@ -139,6 +139,20 @@ def test_points_and_objects_are_checked():
         validate_request(EditRequest("o", image, object_prompts=[empty]), multi)
 
 
+def test_a_reference_placement_must_be_finite_with_a_positive_scale():
+    from backend.errors import InputError
+    from backend.protocol import MethodInfo
+    from backend.validation import validate_request
+
+    image, reference = np.zeros((16, 16, 3), np.uint8), np.zeros((8, 8, 3), np.uint8)
+    paste = MethodInfo("p", "P", "", ("sd1",), ("image", "reference"), ())
+    request = EditRequest("p", image, reference_image=reference, reference_placement=(2, 3, 0.5))
+    assert validate_request(request, paste).reference_placement == (2, 3, 0.5)
+    for bad in [(1, 2, 0), (1, float("nan"), 1), (1, 2)]:
+        with pytest.raises(InputError, match="reference placement"):
+            validate_request(EditRequest("p", image, reference_image=reference, reference_placement=bad), paste)
+
+
 @pytest.fixture
 def failing_method():
     """A method that installs attention processors and a hook, then fails half-way."""

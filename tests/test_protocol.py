@@ -25,7 +25,8 @@ sides = st.integers(1, 12)
 images = st.tuples(sides, sides).flatmap(lambda hw: arrays(np.uint8, (*hw, 3)))
 masks = st.tuples(sides, sides).flatmap(lambda hw: arrays(np.uint8, hw))
 text = st.text(max_size=40)
-coordinates = st.tuples(st.floats(0, 4096, allow_nan=False), st.floats(0, 4096, allow_nan=False))
+coordinates_1d = st.floats(0, 4096, allow_nan=False)
+coordinates = st.tuples(coordinates_1d, coordinates_1d)
 scalars = st.one_of(st.integers(-1000, 1000), st.floats(-1e6, 1e6, allow_nan=False), st.booleans(), text)
 
 requests = st.builds(
@@ -37,6 +38,7 @@ requests = st.builds(
     points=st.lists(st.builds(PointPair, handle=coordinates, target=coordinates), max_size=3),
     reference_image=st.none() | images,
     reference_mask=st.none() | masks,
+    reference_placement=st.none() | st.tuples(coordinates_1d, coordinates_1d, st.floats(0.01, 100)),
     source_prompt=text,
     target_prompt=text,
     negative_prompt=text,

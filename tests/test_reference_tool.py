@@ -295,6 +295,7 @@ def test_a_reference_method_gets_the_reference_image_and_its_mask(qtbot, window,
     np.testing.assert_array_equal(request.reference_image, layer.image)
     np.testing.assert_array_equal(request.reference_mask, layer.mask)
     assert request.reference_mask[8, 12] == 255 and request.reference_mask[0, 0] == 0
+    assert request.reference_placement == (layer.x, layer.y, layer.scale)  # where the user put it
     assert window.run_edit() is not None  # and through the window, to the backend
     qtbot.waitUntil(lambda: bool(fake.edits()))
     (sent,) = fake.edits()
