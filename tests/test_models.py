@@ -68,6 +68,19 @@ def test_models_folder_entries_resolve_by_name(tmp_path, monkeypatch):
     assert spec.source == "folder" and spec.location == str((tmp_path / "shapes").resolve())
 
 
+def test_the_toy_world_model_resolves_to_its_shipped_folder_or_says_how_to_get_it(tmp_path, monkeypatch):
+    from backend.models import registry
+
+    monkeypatch.setattr(registry, "resource_path", lambda *parts: tmp_path.joinpath(*parts))
+    with pytest.raises(ModelNotFound, match="train-toyworld.*'tiny'"):
+        resolve("toyworld")
+    assert "toyworld" not in [spec.id for spec in registry.list_models()]
+    save_diffusers_folder(build_tiny("sd1"), tmp_path / "models" / "toyworld")
+    spec = resolve("toyworld")
+    assert (spec.source, spec.family, spec.default_size) == ("folder", "sd1", 128)
+    assert spec.location == str(tmp_path / "models" / "toyworld") and registry.list_models()[0].id == "toyworld"
+
+
 def test_unknown_models_say_where_they_were_looked_for(tmp_path, monkeypatch):
     monkeypatch.setenv("ATELIER_MODELS_DIR", str(tmp_path))
     with pytest.raises(ModelNotFound, match=f"no model 'nothing-here'.*{tmp_path}"):

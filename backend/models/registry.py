@@ -1,8 +1,9 @@
 """Which models Atelier knows and where each one comes from.
 
-A model id is one of: a built-in name (`tiny`, `tiny-xl`), a known alias (`sd15`, `sdxl-turbo`, …), a hub id
-(`owner/name`), a local diffusers folder, a single `.safetensors` checkpoint, or the name of a folder/file inside
-the user's models folder.
+A model id is one of: a built-in name (`tiny`, `tiny-xl`), the shipped toy-world model (`toyworld`, a diffusers
+folder under resources/models/ trained by `python -m backend train-toyworld`), a known alias (`sd15`, `sdxl-turbo`,
+…), a hub id (`owner/name`), a local diffusers folder, a single `.safetensors` checkpoint, or the name of a
+folder/file inside the user's models folder.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from backend.paths import models_dir
+from backend.paths import models_dir, resource_path
 
 SourceKind = Literal["builtin", "folder", "hub", "single_file"]
 
@@ -38,6 +39,22 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
     ),
 }
 
+TOYWORLD = "toyworld"
+TOYWORLD_TITLE = "Toy world (Atelier's own model: coloured shapes, 128 px)"
+
+
+def toyworld_folder() -> Path:
+    return resource_path("models", TOYWORLD)
+
+
+def shipped_models() -> dict[str, ModelSpec]:
+    """Models that ship in resources/: the toy-world model, when this installation has its weights."""
+    folder = toyworld_folder()
+    if not (folder / "model_index.json").is_file():
+        return {}
+    return {TOYWORLD: ModelSpec(TOYWORLD, TOYWORLD_TITLE, "folder", str(folder), "sd1", 128)}
+
+
 HUB_ALIASES: dict[str, ModelSpec] = {
     "sd15": ModelSpec("sd15", "Stable Diffusion 1.5", "hub", "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd1", 512),
     "sd14": ModelSpec("sd14", "Stable Diffusion 1.4", "hub", "CompVis/stable-diffusion-v1-4", "sd1", 512),
@@ -61,6 +78,14 @@ def resolve(model_id: str) -> ModelSpec:
     model_id = model_id.strip()
     if model_id in BUILTIN_MODELS:
         return BUILTIN_MODELS[model_id]
+    if model_id == TOYWORLD:
+        shipped = shipped_models()
+        if not shipped:
+            raise ModelNotFound(
+                f"the toy-world model is not in this installation ({toyworld_folder()} has no model_index.json): "
+                "train it with `python -m backend train-toyworld`, or choose the 'tiny' test model"
+            )
+        return shipped[TOYWORLD]
     if model_id in HUB_ALIASES:
         return HUB_ALIASES[model_id]
     for candidate in (Path(model_id).expanduser(), models_dir() / model_id):
@@ -94,7 +119,7 @@ def _local_spec(model_id: str, path: Path) -> ModelSpec | None:
 
 def list_models() -> list[ModelSpec]:
     """Built-ins, known hub aliases, and whatever sits in the user's models folder."""
-    specs = [*BUILTIN_MODELS.values(), *HUB_ALIASES.values()]
+    specs = [*shipped_models().values(), *BUILTIN_MODELS.values(), *HUB_ALIASES.values()]
     folder = models_dir()
     if folder.is_dir():
         for entry in sorted(folder.iterdir()):
