@@ -5,6 +5,11 @@ event. The queue of *waiting* jobs lives here, in the client (reorder, remove, r
 does); the worker only ever holds the one job it is running. Events come back through `poll`, which also drives
 dispatch: when the running job's terminal event arrives, the next waiting job is sent.
 
+Click-to-segment has a fast lane: with no SAM checkpoint configured, `submit` answers a segment query itself with
+the offline segmenter (`backend.segment_core`; its scipy part loads in the background after `start`) instead of
+queueing it behind an edit that may hold the worker for minutes; the answer is the next `poll`'s event, exactly as
+the worker would have sent it. With SAM configured, segment queries go to the worker (SAM needs torch).
+
 If the worker dies (segfault, OOM-kill, kill -9), `poll` reports `error(error_kind="backend-died")` for the job it
 was running (job id "" when it was idle) and a fresh process is started when the next job is dispatched.
 
@@ -26,6 +31,7 @@ from typing import Any
 
 from backend._spawn import worker_entry
 from backend.protocol import EditRequest, Event, Query
+from backend.segment_core import FallbackSegmenter, answer_segment_query, load_fallback, sam_checkpoint_setting
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +76,10 @@ class BackendClient:
         self._pending: deque[Job] = deque()
         self._running: Job | None = None
         self._local: deque[Event] = deque()
+        # The fast lane's segmenter (made on the first segment query) and the lock that keeps its per-image cache
+        # to one caller at a time; not self._lock, so a long segmentation never blocks `poll`.
+        self._segmenter: FallbackSegmenter | None = None
+        self._segmenting = threading.Lock()
 
     # --- process lifecycle -------------------------------------------------------------------------------
 
@@ -96,9 +106,14 @@ class BackendClient:
         return running.job_id if running is not None else None
 
     def start(self) -> None:
-        """Start the worker now (it also starts on the first job); it loads torch, so it takes seconds to be ready."""
+        """Start the worker now (it also starts on the first job); it loads torch, so it takes seconds to be ready.
+
+        Without SAM, the segment fast lane's code loads meanwhile on a background thread: not on the caller's
+        time (the app's start-up), nor on the first click's."""
         with self._lock:
             self._ensure_process()
+        if not sam_checkpoint_setting(self.settings):
+            threading.Thread(target=load_fallback, name="load-segmenter", daemon=True).start()
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """Cancel the running job, drop waiting ones (each gets `cancelled`), and end the process.
@@ -150,13 +165,20 @@ class BackendClient:
     # --- the client-side queue -----------------------------------------------------------------------------
 
     def submit(self, job: Job) -> str:
-        """Queue `job`; it is sent to the worker as soon as the worker is free. Returns its job id."""
+        """Queue `job`; it is sent to the worker as soon as the worker is free. Returns its job id.
+
+        A segment query without SAM configured is answered at once instead, in the calling thread (the fast lane:
+        the module docstring); its event is the next `poll`'s."""
+        answer_here = self._answers_here(job)
         with self._lock:
             if self._knows(job.job_id):
                 raise ValueError(f"job {job.job_id!r} is already queued or running")
-            self._pending.append(job)
-            self._dispatch_next()
-            return job.job_id
+            if not answer_here:
+                self._pending.append(job)
+                self._dispatch_next()
+                return job.job_id
+        self._segment_here(job)
+        return job.job_id
 
     def pending(self) -> list[str]:
         """Ids of the jobs waiting their turn, next first."""
@@ -193,6 +215,25 @@ class BackendClient:
             for job_id in ids:
                 self._drop_pending(job_id)
             return ids
+
+    def _answers_here(self, job: Job) -> bool:
+        """A segment query with no SAM checkpoint set: the worker would answer it with the fallback segmenter too
+        (backend.segment.make_segmenter decides by the same setting)."""
+        return isinstance(job, Query) and job.what == "segment" and not sam_checkpoint_setting(self.settings)
+
+    def _segment_here(self, query: Query) -> None:
+        """The fast lane: answer with the fallback segmenter, the event waiting for the next `poll`."""
+        with self._segmenting:
+            event = answer_segment_query(query, self._fallback_segmenter)
+        logger.debug("answered segment query %s here: %s", query.job_id, event.kind)
+        with self._lock:
+            self._local.append(event)
+
+    def _fallback_segmenter(self) -> FallbackSegmenter:
+        """Made once and kept: its per-image cache makes every further click on an image cheaper."""
+        if self._segmenter is None:
+            self._segmenter = FallbackSegmenter()
+        return self._segmenter
 
     def _knows(self, job_id: str) -> bool:
         return self._find_pending(job_id) is not None or self.running == job_id

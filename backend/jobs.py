@@ -25,7 +25,7 @@ from backend.errors import AtelierError, Cancelled, InputError, ModelUnavailable
 from backend.methods.registry import all_methods, get_method
 from backend.models import ModelBundle, ModelLoadError, ModelNotFound, list_models, load_model
 from backend.protocol import EditRequest, Event, Query
-from backend.segment import Segmenter, make_segmenter
+from backend.segment import Segmenter, answer_segment_query, make_segmenter
 from backend.validation import validate_request
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def _error(job: EditRequest, kind: str, message: str, hint: str = "") -> Event:
 
 def _answer(query: Query, state: WorkerState, emit: Callable[[Event], None]) -> None:
     if query.what == "segment":
-        emit(_segment(query, state))
+        emit(answer_segment_query(query, state.segmenter, out_of_memory=(torch.cuda.OutOfMemoryError,)))
         return
     if query.what == "methods":
         data: dict[str, Any] = {"methods": [m.info.to_dict() for m in all_methods()]}
@@ -156,25 +156,3 @@ def _answer(query: Query, state: WorkerState, emit: Callable[[Event], None]) -> 
         emit(Event(kind="error", job_id=query.job_id, error_kind="bad-input", message=f"unknown query {query.what!r}"))
         return
     emit(Event(kind="result", job_id=query.job_id, metadata=data))
-
-
-def _segment(query: Query, state: WorkerState) -> Event:
-    """args image, include, exclude, box -> result metadata {mask, segmenter, seconds} (+ note: why not SAM)."""
-    args = query.args
-    started = time.perf_counter()
-    try:
-        segmenter = state.segmenter()
-        mask = segmenter.segment(args.get("image"), args.get("include"), args.get("exclude"), args.get("box"))
-    except AtelierError as error:
-        log.info("segment query %s: %s: %s", query.job_id, error.kind, error)
-        return Event(kind="error", job_id=query.job_id, error_kind=error.kind, message=str(error), hint=error.hint)
-    except torch.cuda.OutOfMemoryError:
-        return Event(kind="error", job_id=query.job_id, error_kind="out-of-memory", message="the GPU ran out of memory")
-    except Exception as error:  # a segmenter bug must not take the worker down; the log has the trace
-        log.exception("segment query %s failed", query.job_id)
-        message = f"segmentation failed: {type(error).__name__}: {error}"
-        return Event(kind="error", job_id=query.job_id, error_kind="method-failed", message=message)
-    metadata = {"mask": mask, "segmenter": segmenter.name, "seconds": round(time.perf_counter() - started, 4)}
-    if getattr(segmenter, "reason", ""):
-        metadata["note"] = segmenter.reason
-    return Event(kind="result", job_id=query.job_id, metadata=metadata)

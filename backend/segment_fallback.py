@@ -1,6 +1,6 @@
 """The offline segmenter: colour region growing in CIELAB with morphological clean-up (numpy + scipy only).
 
-Used when no SAM checkpoint is configured. It takes prompts already checked by `backend.segment` (points and
+Used when no SAM checkpoint is configured. It takes prompts already checked by `backend.segment_core` (points and
 box in *working* pixels) and works on a `PreparedImage`, made once per image and cached by the caller:
 
 1. prepare: downscale big images to at most `working_side` px (the mask is upsampled at the end), convert to

@@ -347,6 +347,50 @@ def test_client_segment(world) -> None:
         assert raised.value.event.error_kind == "bad-input" and "nothing to segment" in str(raised.value)
 
 
+def test_without_sam_the_client_answers_segment_queries_itself_as_the_worker_would(world) -> None:
+    from backend.jobs import WorkerState
+
+    _, image, truths = world[2]
+    state = WorkerState({})
+    client = BackendClient({"sam_checkpoint": "  "})  # blank is unset, as in make_segmenter; never started
+    for args in (
+        dict(image=image, include=[body_point(truths[0].mask)], exclude=[], box=None),
+        dict(image=image, include=[(500, 2)]),  # outside the image
+        dict(include=[(1, 1)]),  # no image
+        dict(image=image, box=(10, 10, 11, 40)),  # a degenerate box
+    ):
+        query = Query(what="segment", args=args)
+        assert client.submit(query) == query.job_id
+        here, worker_side = client.poll(0.0), answer(state, **args)
+        assert here.job_id == query.job_id and here.terminal
+        assert (here.kind, here.error_kind, here.message, here.hint) == (
+            worker_side.kind,
+            worker_side.error_kind,
+            worker_side.message,
+            worker_side.hint,
+        )
+        if here.kind == "result":
+            assert here.metadata.keys() == worker_side.metadata.keys() == {"mask", "segmenter", "seconds"}
+            np.testing.assert_array_equal(here.metadata["mask"], worker_side.metadata["mask"])
+            assert mask_iou(here.metadata["mask"] > 0, truths[0].mask) >= 0.9
+        else:
+            assert here.error_kind == "bad-input"
+    assert client.pid is None and client.poll(0.0) is None  # answered without a worker process
+
+
+def test_with_a_sam_checkpoint_set_segment_queries_go_to_the_worker(world, tmp_path) -> None:
+    _, image, truths = world[1]
+    checkpoint = tmp_path / "sam_vit_b_01ec64.pth"  # missing: the worker falls back to the built-in segmenter
+    with BackendClient({"sam_checkpoint": str(checkpoint)}, context=_InThreadContext()) as client:
+        answer = client.segment(image, include=[body_point(truths[0].mask)], timeout=30)
+        # Only the worker says why SAM is not used: the fast lane's segmenter was never asked for SAM.
+        assert answer["segmenter"] == "fallback" and "does not exist" in answer["note"]
+        assert mask_iou(answer["mask"] > 0, truths[0].mask) >= 0.9
+        with pytest.raises(BackendError) as raised:
+            client.segment(image, include=[(500, 2)], timeout=30)
+        assert raised.value.event.error_kind == "bad-input" and "outside" in str(raised.value)
+
+
 # --- SAM ----------------------------------------------------------------------------------------------------------
 
 

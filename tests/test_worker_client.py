@@ -23,7 +23,7 @@ import pytest
 
 from backend.client import BackendClient
 from backend.logs import setup_logging
-from backend.protocol import EditRequest, Event, MethodInfo
+from backend.protocol import EditRequest, Event, MethodInfo, Query
 from backend.worker import run_job, thread_count
 
 REPO = Path(__file__).resolve().parent.parent
@@ -123,9 +123,10 @@ def client(backend: BackendClient) -> Iterator[BackendClient]:
 
 
 def test_client_import_stays_torch_free() -> None:
+    # scipy too: the segment fast lane loads it on the first click, not at the GUI's start-up.
     code = (
         "import sys, backend.client\n"
-        "bad = [m for m in ('torch', 'diffusers', 'transformers', 'backend.worker', 'backend.jobs') "
+        "bad = [m for m in ('torch', 'diffusers', 'transformers', 'backend.worker', 'backend.jobs', 'scipy') "
         "if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
@@ -262,9 +263,11 @@ def test_client_logic_with_a_fake_process() -> None:
     first.release.set()
     kinds = [(event.job_id, event.kind) for event in client.events(0.3)]
     assert kinds == [(a.job_id, "result"), (b.job_id, "started"), (b.job_id, "result")]
-    # The worker dies while idle: noticed, nothing to report, a fresh one is started for the next job.
+    # The worker dies while idle: reported (no job id), a fresh one is started for the next job.
     first.exitcode = -signal.SIGKILL
-    assert client.poll(0.3) is None and not client.alive
+    died = client.poll(0.3)
+    assert (died.kind, died.error_kind, died.job_id) == ("error", "backend-died", "") and not client.alive
+    assert client.poll(0.05) is None
     d = sdedit()
     client.submit(d)
     assert (client.restarts, restarts) == (1, [1]) and client.alive and client.pid != first.pid
@@ -339,6 +342,65 @@ def test_cancel_stops_within_one_step(client: BackendClient) -> None:
     steps = [e.step for e in events if e.kind == "progress" and e.stage == "sdedit"]
     assert max(steps) <= terminal.step
     assert client.running is None and client.alive
+
+
+def disc_image(size: int = 128) -> np.ndarray:
+    """A red disc and a blue square on grey: something to click on."""
+    yy, xx = np.mgrid[:size, :size]
+    image = np.full((size, size, 3), 128, np.uint8)
+    image[(xx - 40) ** 2 + (yy - 48) ** 2 < 20**2] = (200, 30, 30)
+    image[70:110, 75:115] = (30, 40, 190)
+    return image
+
+
+@pytest.mark.timeout(300)
+def test_a_segment_click_is_answered_while_a_long_edit_runs(client: BackendClient) -> None:
+    """No SAM configured: the client answers the click itself (the fast lane) instead of queueing it behind the
+    edit that holds the worker, with the mask and the event the worker would have sent."""
+    from backend.jobs import WorkerState, handle
+
+    edit = long_sdedit()
+    client.submit(edit)
+    edit_steps: list[int] = []
+
+    def edit_event(event: Event) -> None:
+        assert event.job_id == edit.job_id and not event.terminal, f"the edit ended first: {event.kind}"
+        if event.kind == "progress" and event.stage == "sdedit":
+            edit_steps.append(event.step)
+
+    while not edit_steps:  # the edit is denoising: the worker is busy for many more steps
+        edit_event(next_event(client, 120))
+    image = disc_image()
+    clicks = [
+        Query(what="segment", args={"image": image, "include": [(40, 48)], "exclude": [], "box": None}),
+        Query(what="segment", args={"image": image, "include": [(40, 48), (95, 90)], "exclude": [], "box": None}),
+    ]
+    answers, seconds = [], []
+    for query in clicks:
+        started = time.perf_counter()
+        client.submit(query)
+        while (event := next_event(client)).job_id != query.job_id:
+            edit_event(event)
+        seconds.append(time.perf_counter() - started)
+        answers.append(event)
+    step_at_answer = edit_steps[-1]
+    while edit_steps[-1] <= step_at_answer:  # and the edit ran on after the answers: it was running all along
+        edit_event(next_event(client, 60))
+    assert client.cancel(edit.job_id)
+    timings = ", ".join(f"{value * 1000:.0f} ms" for value in seconds)
+    print(f"\nsegment clicks answered during an edit (at its step {step_at_answer}): {timings}")
+
+    state = WorkerState({"device": "cpu"})
+    for query, event in zip(clicks, answers, strict=True):
+        worker_side: list[Event] = []
+        handle(query, state, worker_side.append, threading.Event())
+        (expected,) = worker_side
+        assert (event.kind, event.job_id) == ("result", query.job_id), f"{event.error_kind}: {event.message}"
+        assert event.metadata.keys() == expected.metadata.keys() == {"mask", "segmenter", "seconds"}
+        assert event.metadata["segmenter"] == expected.metadata["segmenter"] == "fallback"
+        np.testing.assert_array_equal(event.metadata["mask"], expected.metadata["mask"])
+    disc = answers[0].metadata["mask"] > 0
+    assert disc[48, 40] and not disc[90, 95] and answers[1].metadata["mask"][90, 95] == 255
 
 
 @pytest.mark.timeout(180)

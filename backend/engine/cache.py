@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from backend.digest import image_digest  # re-exported: the cache key's image part
+
 logger = logging.getLogger(__name__)
 
 
@@ -101,14 +103,6 @@ class LRUBytesCache:
     def clear(self) -> None:
         self._items.clear()
         self._nbytes = 0
-
-
-def image_digest(image: np.ndarray) -> str:
-    """sha256 of an image's shape, dtype and pixels (the same pixels with another shape differ)."""
-    pixels = np.ascontiguousarray(image)
-    digest = hashlib.sha256(f"{pixels.shape}|{pixels.dtype.str}|".encode())
-    digest.update(pixels.tobytes())
-    return digest.hexdigest()
 
 
 def inversion_key(image: np.ndarray, model_id: str, prompt: str | None, steps: int, kind: str, **extra: Any) -> str:
