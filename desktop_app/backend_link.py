@@ -24,7 +24,7 @@ from backend.protocol import EditRequest, Event, MethodInfo, Query
 logger = logging.getLogger(__name__)
 
 RESTARTED = "cancelled: the backend restarted with new settings"
-POLL_TIMEOUT = 0.05  # seconds one tick waits for an event; also the latency of commands
+POLL_TIMEOUT = 0.02  # seconds one tick waits for an event; also the most a command (a cancel) waits
 MAX_EVENTS_PER_TICK = 64  # then commands get their turn even while events keep streaming in
 PREVIEW_INTERVAL = 1 / 15  # at most ~15 preview repaints a second
 SHUTDOWN_WAIT_MS = 15_000

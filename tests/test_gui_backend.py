@@ -97,7 +97,9 @@ def test_paint_run_watch_every_step_and_accept_on_a_real_backend(qtbot, live_win
 
 def test_cancel_during_a_run_stops_within_one_step_and_the_window_stays_responsive(qtbot, live_window, capsys):
     window = live_window
-    choose(window, "sdedit", "a red circle", steps=400, strength=1.0)
+    # At 384 px a step of the tiny model takes tens of ms, as a real model's step is longer than the cancel's trip
+    # (GUI -> link thread -> client -> worker); at 64 px a step is so short that "one step" would measure the trip.
+    choose(window, "sdedit", "a red circle", steps=400, strength=1.0, max_side=384)
     recorder, asked_at, probe = Recorder(window.link), [], LagProbe()
 
     def cancel_at_step_5(job: str, step: int, _total: int, _stage: str) -> None:
