@@ -304,6 +304,29 @@ def test_trainer_resumes_where_it_stopped_with_the_same_trajectory(trained):
     assert (base / "resumed" / "unet_checkpoint.pt").is_file()
 
 
+def test_an_interrupted_trainer_saves_where_it_was_and_resumes_from_there(tmp_path, monkeypatch):
+    import torch
+
+    from backend.models.toyworld import train
+
+    real_step = train.Trainer._vae_batch
+    calls = []
+
+    def interrupt_on_third(self, images, index):
+        calls.append(index)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl+C or SIGTERM in the middle of step 2
+        return real_step(self, images, index)
+
+    monkeypatch.setattr(train.Trainer, "_vae_batch", interrupt_on_third)
+    assert _train(tmp_path / "work", tmp_path / "model", "--stages", "vae") == 130
+    assert torch.load(tmp_path / "work" / "vae_checkpoint.pt", weights_only=True)["step"] == 2
+    monkeypatch.setattr(train.Trainer, "_vae_batch", real_step)
+    assert _train(tmp_path / "work", tmp_path / "model", "--stages", "vae") == 0
+    assert (tmp_path / "work" / "vae" / "config.json").is_file()
+    assert [e["step"] for e in train.iter_log(tmp_path / "work") if e["stage"] == "vae" and "loss" in e][-2:] == [3, 4]
+
+
 def test_trainer_evaluates_the_exported_model(trained):
     import json
 

@@ -57,6 +57,7 @@ import math
 import os
 import queue
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -138,7 +139,21 @@ def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
         args = parse_args(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     trainer = Trainer(args)
-    return 0 if trainer.run() else 3
+    previous = (
+        signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() else None
+    )
+    try:
+        return 0 if trainer.run() else 3
+    except KeyboardInterrupt:
+        return 130  # the stage saved its checkpoint on the way out: re-run to resume
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    """SIGTERM (kill, a scheduler's time limit) stops training like Ctrl+C: with a checkpoint."""
+    raise KeyboardInterrupt
 
 
 # --- shared machinery --------------------------------------------------------------------------------------
@@ -300,7 +315,12 @@ class Trainer:
                 save(index)
                 log.info("%s: stopped at step %d/%d (budget); re-run to resume", stage, index, total)
                 return False
-            metrics = step(index)
+            try:
+                metrics = step(index)
+            except KeyboardInterrupt:
+                save(index)  # this step never finished: resuming repeats it
+                log.info("%s: interrupted at step %d/%d, checkpoint saved; re-run to resume", stage, index, total)
+                raise
             if finished is not None and finished(metrics):
                 save(total)
                 log.info("%s: target reached at step %d/%d", stage, index + 1, total)
