@@ -1,4 +1,4 @@
-"""`python -m backend …`: list-methods, describe, edit, bench, train-toyworld.
+"""`python -m backend …`: list-methods, describe, edit, segment, bench, train-toyworld, toyworld-samples.
 
 `edit` goes through the same client and worker process as the GUI; its method flags are built from the
 method's ParamSpecs, so every parameter the GUI shows is a flag here too.
@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("trainer_args", nargs="*")
     train.set_defaults(handler=_train_toyworld)
+    samples = commands.add_parser("toyworld-samples", help="write the toy-world sample pictures and their truth")
+    samples.add_argument("folder", type=Path, nargs="?", default=None, help="default: resources/samples")
+    samples.set_defaults(handler=_toyworld_samples)
     return parser
 
 
@@ -376,3 +379,12 @@ def _train_toyworld(args: argparse.Namespace) -> int:
     from backend.models.toyworld.train import main as train_main
 
     return train_main(args.trainer_args)
+
+
+def _toyworld_samples(args: argparse.Namespace) -> int:
+    from backend.models.toyworld.samples import write_samples
+    from backend.paths import resource_path
+
+    for path in write_samples(args.folder or resource_path("samples")):
+        print(path)
+    return 0

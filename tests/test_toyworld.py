@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import math
 
 import numpy as np
@@ -367,3 +368,23 @@ def test_cli_passes_flags_through_to_the_trainer(capsys):
         main(["train-toyworld", "--help"])
     assert stopped.value.code == 0
     assert "--max-minutes" in capsys.readouterr().out
+
+
+def test_the_shipped_world_samples_are_what_the_generator_writes_and_the_judge_reads_them(tmp_path):
+    from backend.eval.toyworld import detect_objects
+    from backend.models.toyworld import TEXTURES
+    from backend.models.toyworld.samples import INDEX_FILE, write_samples
+    from backend.paths import resource_path
+
+    written = write_samples(tmp_path)
+    shipped = resource_path("samples")
+    assert len(written) == 8
+    assert json.loads((tmp_path / INDEX_FILE).read_text()) == json.loads((shipped / INDEX_FILE).read_text())
+    entries = json.loads((shipped / INDEX_FILE).read_text())
+    assert {entry["background"]["texture"] for entry in entries} == set(TEXTURES)
+    for entry in entries:
+        pixels = np.asarray(Image.open(shipped / entry["file"]).convert("RGB"))
+        np.testing.assert_array_equal(pixels, np.asarray(Image.open(tmp_path / entry["file"]).convert("RGB")))
+        found = {(obj.colour, obj.shape) for obj in detect_objects(pixels)}
+        assert {(obj["colour"], obj["shape"]) for obj in entry["objects"]} <= found, entry["file"]
+        assert all(word in entry["caption"] for obj in entry["objects"] for word in (obj["colour"], obj["shape"]))
