@@ -38,6 +38,13 @@ small, where the GPU is launch-bound: measure the first 200 steps of each stage 
 - UNet: ~15-20 steps/s at batch 256 in bf16 -> 40000 steps (~10M samples, ~50 passes over the cache) in
   35-45 min. Check the judge's figures on 200 samples (backend/eval/toyworld.py) at 20k steps before going on.
 
+Without a GPU (what the shipped model was trained with on 2026-11-23, 2 cores shared with other work; the `cpu`
+preset keeps the UNet and text encoder and shrinks the VAE, whose full-size step costs ~10 s here):
+    python -m backend train-toyworld --preset cpu --work-dir toyworld-work/cpu --vae-steps 1400 --vae-batch 32 \
+        --vae-crop 64 --vae-lr 5e-4 --vae-images 4000 --eval-every 250 --scenes 30000 --unet-steps 2500 \
+        --batch-size 32 --lr 4e-4 --warmup 200 --ema-decay 0.999 --checkpoint-every 250 --max-minutes 75
+  (VAE 0.8-1.2 steps/s alone, 0.2-0.5 while tests ran beside it; UNet ~1.4 s/step alone.)
+
 Fitting a lent GPU session (30 min of device time in all, 10 min per command, files back <= 16 MiB each):
 run the same command several times with `--max-minutes 9` and the same `--work-dir` inside the repo's ignored
 `toyworld-work/` (the warm machine keeps it between calls); stages resume where the last call stopped. Budget
