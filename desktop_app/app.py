@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 SMOKE_TEST_TIMEOUT_S = 120
 FIRST_PAINT_FALLBACK_MS = 2000  # start the backend anyway if a platform never reports a paint
+SCREENSHOT_DELAY_MS = 300  # after the methods arrive: the Method dock relayouts and repaints first
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +53,17 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         "--smoke-test",
         action="store_true",
         help="open the window, wait for the backend's method list, print a summary and quit (0 = ok)",
+    )
+    parser.add_argument(
+        "--self-test",
+        action="store_true",
+        help="load the default model (toy-world, else tiny) in the backend process, run a short SDEdit on a sample "
+        "through the window, print a summary with timings and quit (0 = ok); --model picks another model",
+    )
+    parser.add_argument(
+        "--screenshot",
+        metavar="PATH",
+        help="once the backend has listed its methods, save a picture of the window to PATH (PNG) and quit",
     )
     parser.add_argument(
         "--measure-startup",
@@ -90,12 +102,16 @@ def run_gui(args: argparse.Namespace, qt_args: list[str]) -> int:
         # The backend (a process that imports torch) starts only now, so it never delays the window.
         link.start()
         link.request_methods()
-        if not (args.smoke_test or args.measure_responsiveness):  # these must never wait on a dialog
+        if not unattended(args):
             window.files.offer_recovery()
 
     try:
-        if args.smoke_test:
-            _arm_smoke_test(app, link)
+        if args.smoke_test or args.screenshot:
+            _arm_smoke_test(app, window, args.screenshot)
+        if args.self_test:
+            from desktop_app.self_test import SelfTestRun
+
+            SelfTestRun(window, app, model=args.model)
         if args.measure_responsiveness:
             from desktop_app.diagnostics import ResponsivenessRun
 
@@ -109,6 +125,11 @@ def run_gui(args: argparse.Namespace, qt_args: list[str]) -> int:
     finally:
         window.files.end_session()
         link.shutdown()
+
+
+def unattended(args: argparse.Namespace) -> bool:
+    """A run no one watches (a test or a measurement): it must never wait on a dialog."""
+    return bool(args.smoke_test or args.self_test or args.screenshot or args.measure_responsiveness)
 
 
 def backend_settings_for_run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
@@ -171,10 +192,10 @@ def _report_startup(window_built: float) -> None:
 
 
 def _open_start_image(window: Any, args: argparse.Namespace) -> bool:
-    """Open --image. In a smoke test a bad file fails the test instead of waiting on a message box."""
+    """Open --image. In an unattended run a bad file fails the run instead of waiting on a message box."""
     if not args.image:
         return True
-    if not args.smoke_test:
+    if not unattended(args):
         window.files.open(args.image)
         return True
     from desktop_app.document.imagefile import ImageFileError
@@ -183,27 +204,42 @@ def _open_start_image(window: Any, args: argparse.Namespace) -> bool:
     try:
         window.set_document(load_document(args.image), Path(args.image).name)
     except (ImageFileError, ValueError) as error:
-        print(f"atelier smoke test failed: cannot open {args.image}: {error}", file=sys.stderr, flush=True)
+        print(f"atelier failed: cannot open {args.image}: {error}", file=sys.stderr, flush=True)
         return False
     return True
 
 
-def _arm_smoke_test(app: Any, link: Any) -> None:
-    """Quit with 0 once the backend has listed its methods, 1 on a backend error, 2 after a timeout."""
+def _arm_smoke_test(app: Any, window: Any, screenshot: str | None = None) -> None:
+    """Quit with 0 once the backend has listed its methods (after saving a picture of the window to `screenshot`,
+    if given), 1 on a backend error or an unsaved picture, 2 after a timeout."""
     from PySide6.QtCore import QTimer
+
+    from desktop_app.diagnostics import fail
+
+    link = window.link
 
     def passed(methods: list) -> None:
         print(f"atelier ok: {len(methods)} methods from backend pid {link.backend_pid}", flush=True)
-        app.exit(0)
-
-    def failed(_job_id: str, kind: str, message: str, hint: str) -> None:
-        print(f"atelier smoke test failed: {kind}: {message} {hint}".rstrip(), file=sys.stderr, flush=True)
-        app.exit(1)
-
-    def timed_out() -> None:
-        print(f"atelier smoke test failed: no answer within {SMOKE_TEST_TIMEOUT_S} s", file=sys.stderr, flush=True)
-        app.exit(2)
+        if screenshot:
+            QTimer.singleShot(SCREENSHOT_DELAY_MS, lambda: app.exit(_save_screenshot(app, window, screenshot)))
+        else:
+            app.exit(0)
 
     link.methods_ready.connect(passed)
-    link.error.connect(failed)
-    QTimer.singleShot(SMOKE_TEST_TIMEOUT_S * 1000, timed_out)
+    link.error.connect(lambda _job, kind, message, hint: fail(app, "smoke test", f"{kind}: {message} {hint}".rstrip()))
+    QTimer.singleShot(
+        SMOKE_TEST_TIMEOUT_S * 1000, lambda: fail(app, "smoke test", f"no answer within {SMOKE_TEST_TIMEOUT_S} s", 2)
+    )
+
+
+def _save_screenshot(app: Any, window: Any, path: str) -> int:
+    """Render the window into a PNG at `path`; returns the exit code (0 saved, 1 not)."""
+    picture = window.grab()
+    if not picture.save(path):
+        print(f"atelier screenshot failed: could not write {path}", file=sys.stderr, flush=True)
+        return 1
+    print(
+        f"atelier screenshot: {path} ({picture.width()}x{picture.height()}, Qt platform {app.platformName()})",
+        flush=True,
+    )
+    return 0

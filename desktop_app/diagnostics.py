@@ -8,6 +8,7 @@ have felt; UX.md's goal is one frame, 16 ms.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -92,17 +93,11 @@ class ResponsivenessRun(QObject):
         link.error.connect(self._on_error)
 
     def _begin(self, _methods) -> None:
-        from desktop_app.resources import sample_images
-
-        window = self.window
-        window.link.methods_ready.disconnect(self._begin)
-        if window.document is None and not window.files.open(sample_images()[0]):
-            self._fail("could not open a sample image")
+        self.window.link.methods_ready.disconnect(self._begin)
+        why_not = set_up_sdedit(self.window, self.steps)
+        if why_not:
+            self._fail(why_not)
             return
-        panel = window.method_panel
-        panel.method_combo.setCurrentIndex(panel.method_combo.findData("sdedit"))
-        panel.target_prompt.setText("a blue star")
-        panel.param_form.set_values({**panel.param_form.values(), "steps": self.steps, "strength": 0.8})
         self._run()
 
     def _run(self) -> None:
@@ -156,8 +151,33 @@ class ResponsivenessRun(QObject):
         self._fail(f"{kind}: {message}")
 
     def _fail(self, why: str) -> None:
-        print(f"atelier responsiveness failed: {why}", flush=True)
-        self.app.exit(1)
+        fail(self.app, "responsiveness", why)
 
 
-__all__ = ["LagProbe", "LagReport", "ResponsivenessRun"]
+def set_up_sdedit(window, steps: int, strength: float = 0.8, prompt: str = "a blue star") -> str | None:
+    """Open the first sample (unless a picture is open) and set the Method dock to SDEdit with these values.
+
+    Returns why that could not be done, or None; the caller presses Run (`window.run_edit()`)."""
+    from desktop_app.resources import sample_images
+
+    window.files.ask_save_changes = lambda _name: "discard"  # a diagnostic run never waits on a dialog
+    samples = sample_images()
+    if window.document is None and not (samples and window.files.open(samples[0])):
+        return "could not open a sample image"
+    panel = window.method_panel
+    index = panel.method_combo.findData("sdedit")
+    if index < 0:
+        return "the backend lists no sdedit method"
+    panel.method_combo.setCurrentIndex(index)
+    panel.target_prompt.setText(prompt)
+    panel.param_form.set_values({**panel.param_form.values(), "steps": steps, "strength": strength})
+    return None
+
+
+def fail(app, run_name: str, why: str, code: int = 1) -> None:
+    """End a diagnostic run: say why on stderr, quit the event loop with `code`."""
+    print(f"atelier {run_name} failed: {why}", file=sys.stderr, flush=True)
+    app.exit(code)
+
+
+__all__ = ["LagProbe", "LagReport", "ResponsivenessRun", "fail", "set_up_sdedit"]

@@ -53,7 +53,7 @@ class ParamForm(QWidget):
             self._form.addRow(spec.label or spec.name.replace("_", " ").capitalize(), editor)
         self.seed_box = QSpinBox(maximum=MAX_SEED, toolTip="Same seed, same picture")
         self.seed_box.valueChanged.connect(self.changed)
-        self.dice = QToolButton(text="🎲", toolTip="A new random seed")
+        self.dice = QToolButton(text="Random", toolTip="A new random seed")
         self.dice.clicked.connect(lambda: self.seed_box.setValue(random.randint(0, MAX_SEED)))
         self.reset_button = QToolButton(text="Defaults", toolTip="Reset every parameter to the paper's default")
         self.reset_button.clicked.connect(self.reset)
