@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 PROTOCOL_VERSION = 1
-DEFAULT_MODEL = "tiny"
+DEFAULT_MODEL = "toyworld"  # Atelier's own trained model, shipped in resources/models (backend.models.registry)
 
 EventKind = Literal["started", "progress", "preview", "log", "result", "error", "cancelled"]
 EVENT_KINDS: tuple[str, ...] = ("started", "progress", "preview", "log", "result", "error", "cancelled")

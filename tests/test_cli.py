@@ -54,7 +54,7 @@ def test_edit_writes_a_png_with_its_recipe_and_shows_progress(files):
         assert image.size == (64, 64)
         parameters, recipe = image.text["parameters"], json.loads(image.text["atelier"])
     assert parameters.splitlines()[0] == "a green circle"
-    assert "Steps: 6" in parameters and "Seed: 3" in parameters and "Model: tiny" in parameters
+    assert "Steps: 6" in parameters and "Seed: 3" in parameters and "Model: toyworld" in parameters  # the default model
     assert recipe["recipe"]["params"]["strength"] == 0.5 and recipe["method"] == "sdedit"
     assert sorted(p.name for p in (files / "previews").iterdir()) == [f"step_000{i}.png" for i in (1, 2, 3)]
 

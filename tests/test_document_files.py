@@ -647,7 +647,7 @@ def config_dir(tmp_path, monkeypatch):
 def test_settings_defaults_and_round_trip(config_dir):
     assert settings_path() == config_dir / "settings.json"
     defaults = load_settings()
-    assert defaults == Settings() and defaults.model == "tiny" and defaults.device == "auto"
+    assert defaults == Settings() and defaults.model == "toyworld" and defaults.device == "auto"
     assert (defaults.brush_size, defaults.brush_hardness, defaults.autosave_minutes) == (24, 0.6, 3.0)
     changed = Settings(models_dir="/models", sam_checkpoint="/sam.pth", device="cuda:1", dtype="fp16", previews=False)
     changed.add_recent("/a.ora")
@@ -679,7 +679,7 @@ def test_settings_replace_bad_values_by_defaults_and_ignore_unknown_keys(config_
     defaults = Settings()
     assert (settings.device, settings.dtype, settings.previews) == (defaults.device, defaults.dtype, True)
     assert (settings.brush_size, settings.brush_hardness, settings.autosave_minutes) == (24, 0.6, 3.0)
-    assert settings.model == "tiny" and settings.models_dir == "/my/models" and settings.recent_files == ["/ok.ora"]
+    assert settings.model == defaults.model == "toyworld" and settings.models_dir == "/my/models" and settings.recent_files == ["/ok.ora"]
     assert "device = 'gpu please' is not valid" in caplog.text and "from_the_future" not in caplog.text
 
 
