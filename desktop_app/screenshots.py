@@ -86,9 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         click(window, *centre_of(window, (220, 40, 40)))
         wait_until(
             app,
-            lambda: (
-                window.canvas.segment_session is not None and window.canvas.segment_session.proposal is not None
-            ),
+            lambda: window.canvas.segment_session is not None and window.canvas.segment_session.proposal is not None,
             "a segment proposal",
         )
         take(app, window, args.output / "segment-tool.png")
