@@ -16,6 +16,13 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture
+def own_folders(tmp_path, monkeypatch):
+    """Data and settings folders of one test only: autosave recovery must not find another test's files."""
+    monkeypatch.setenv("ATELIER_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("ATELIER_CONFIG_DIR", str(tmp_path / "config"))
+
+
 @pytest.fixture(autouse=True)
 def _user_dirs(tmp_path_factory, monkeypatch):
     """Never touch the real user's data, cache, log or settings folders."""

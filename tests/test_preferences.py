@@ -37,10 +37,8 @@ DEFAULT_BACKEND = {"device": "auto", "dtype": "auto", "previews": True, "models_
 
 
 @pytest.fixture(autouse=True)
-def _own_folders(tmp_path, monkeypatch):
-    """This test's settings file and autosaves only."""
-    monkeypatch.setenv("ATELIER_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("ATELIER_CONFIG_DIR", str(tmp_path / "config"))
+def _own_folders(own_folders):
+    """Autosaves and settings of this test only (conftest.own_folders)."""
 
 
 @pytest.fixture

@@ -33,9 +33,8 @@ PASTE = MethodInfo(
 
 
 @pytest.fixture(autouse=True)
-def _own_folders(tmp_path, monkeypatch):
-    monkeypatch.setenv("ATELIER_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("ATELIER_CONFIG_DIR", str(tmp_path / "config"))
+def _own_folders(own_folders):
+    """Autosaves and settings of this test only (conftest.own_folders)."""
 
 
 @pytest.fixture
