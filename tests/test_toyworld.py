@@ -313,11 +313,11 @@ def test_an_interrupted_trainer_saves_where_it_was_and_resumes_from_there(tmp_pa
     real_step = train.Trainer._vae_batch
     calls = []
 
-    def interrupt_on_third(self, images, index):
+    def interrupt_on_third(self, images, index, *rest, **kw):
         calls.append(index)
         if len(calls) == 3:
             raise KeyboardInterrupt  # Ctrl+C or SIGTERM in the middle of step 2
-        return real_step(self, images, index)
+        return real_step(self, images, index, *rest, **kw)
 
     monkeypatch.setattr(train.Trainer, "_vae_batch", interrupt_on_third)
     assert _train(tmp_path / "work", tmp_path / "model", "--stages", "vae") == 130
@@ -326,6 +326,36 @@ def test_an_interrupted_trainer_saves_where_it_was_and_resumes_from_there(tmp_pa
     assert _train(tmp_path / "work", tmp_path / "model", "--stages", "vae") == 0
     assert (tmp_path / "work" / "vae" / "config.json").is_file()
     assert [e["step"] for e in train.iter_log(tmp_path / "work") if e["stage"] == "vae" and "loss" in e][-2:] == [3, 4]
+
+
+def test_decoder_fine_tuning_keeps_the_latent_space_and_sharpens_reconstructions(trained, tmp_path):
+    """The decoder stage may run after the UNet trained: the encoder (hence the cached latents) must not move,
+    the decoder must get better, and the export must carry it. It extends when asked for more steps."""
+    import shutil
+
+    import torch
+    from diffusers import AutoencoderKL
+
+    from backend.models.toyworld.train import Trainer, iter_log, parse_args, reconstruction_psnr
+
+    work = tmp_path / "work"
+    shutil.copytree(trained[0] / "straight", work)
+    tune = ["--decoder-lr", "3e-3", "--decoder-batch", "4", "--eval-every", "100"]
+    assert _train(work, tmp_path / "model", "--stages", "decoder,export", "--decoder-steps", "6", *tune) == 0
+    base = AutoencoderKL.from_pretrained(work / "vae")
+    tuned = AutoencoderKL.from_pretrained(work / "vae_decoder")
+    for name, tensor in base.state_dict().items():
+        same = torch.equal(tensor, tuned.state_dict()[name])
+        assert same == (name.startswith(("encoder.", "quant_conv."))), name
+    trainer = Trainer(parse_args(["--preset", "tiny", "--work-dir", str(work), "--seed", "3", "--device", "cpu"]))
+    held_out = trainer._validation_images()
+    assert reconstruction_psnr(tuned, held_out) > reconstruction_psnr(base, held_out) + 0.5
+    exported = AutoencoderKL.from_pretrained(tmp_path / "model" / "vae")
+    assert torch.equal(exported.decoder.conv_out.weight, tuned.decoder.conv_out.weight)
+    # Asking for more steps resumes at 6 instead of starting over.
+    assert _train(work, tmp_path / "model", "--stages", "decoder", "--decoder-steps", "8", *tune) == 0
+    steps = [e["step"] for e in iter_log(work) if e["stage"] == "decoder" and "loss" in e]
+    assert steps == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
 def test_trainer_evaluates_the_exported_model(trained):
