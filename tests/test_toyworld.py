@@ -277,6 +277,12 @@ def _train(work, out, *extra: str) -> int:
     return main([*flags, *extra])
 
 
+def train_log(work) -> list[dict]:
+    from backend.models.toyworld.train import iter_log
+
+    return list(iter_log(work))
+
+
 def _losses(work) -> dict[tuple[str, int], float]:
     from backend.models.toyworld.train import iter_log
 
@@ -303,6 +309,9 @@ def test_trainer_resumes_where_it_stopped_with_the_same_trajectory(trained):
     for key, loss in straight.items():
         assert resumed[key] == pytest.approx(loss, rel=1e-5, abs=1e-6), key
     assert (base / "resumed" / "unet_checkpoint.pt").is_file()
+    # The grounding loss (on by default) was part of every UNet step, and logged.
+    logged = [e for e in train_log(base / "straight") if e["stage"] == "unet" and "loss" in e]
+    assert all(e["token"] > 0 and e["loss"] > e["denoising"] for e in logged)
 
 
 def test_an_interrupted_trainer_saves_where_it_was_and_resumes_from_there(tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from backend.models.toyworld.grounding import object_coverage, token_weights
 from backend.models.toyworld.world import Scene, caption, render, scene_for_seed
 
 log = logging.getLogger(__name__)
@@ -101,13 +102,16 @@ class LatentCaptionDataset(torch.utils.data.Dataset):
         seed: int,
         scaling_factor: float,
         cfg_dropout: float = CFG_DROPOUT,
+        grounding: bool = False,
     ) -> None:
         self.latents = latents
         self.tokenizer = tokenizer
         self.seed = seed
         self.scaling_factor = scaling_factor
         self.cfg_dropout = cfg_dropout
+        self.grounding = grounding
         self._scenes: dict[int, Scene] = {}
+        self._coverage: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.latents)
@@ -134,9 +138,21 @@ class LatentCaptionDataset(torch.utils.data.Dataset):
         dropped = rng.random(len(texts)) < self.cfg_dropout
         return ["" if drop else text for text, drop in zip(texts, dropped)]
 
-    def batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch of training step `step`: a pure function of (seed, step)."""
+    def coverage(self, index: int) -> np.ndarray:
+        """The scene's object masks on the latent grid (see grounding.object_coverage), computed once."""
+        if index not in self._coverage:
+            self._coverage[index] = object_coverage(self.scene(index), self.latents.shape[-1])
+        return self._coverage[index]
+
+    def batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, ...]:
+        """The batch of training step `step`: a pure function of (seed, step). (latents, token ids), and with
+        `grounding` also each object's mask on the latent grid and which tokens name it (grounding.py)."""
         rng = np.random.default_rng([self.seed, step, 0])
         indices = rng.integers(0, len(self), size=batch_size)
         latents = self.latents[torch.from_numpy(indices)].float() * self.scaling_factor
-        return latents, self.tokenize(self.captions(step, indices))
+        texts = self.captions(step, indices)
+        if not self.grounding:
+            return latents, self.tokenize(texts)
+        scenes = [self.scene(int(index)) for index in indices]
+        coverage = torch.from_numpy(np.stack([self.coverage(int(index)) for index in indices])).float()
+        return latents, self.tokenize(texts), coverage, token_weights(scenes, texts)

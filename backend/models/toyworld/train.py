@@ -78,6 +78,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from backend.engine.attention import AttentionController, AttentionStore, RecordMaps, attention_layers
 from backend.models.toyworld import config as model_config
 from backend.models.toyworld.dataset import (
     LatentCaptionDataset,
@@ -88,6 +89,7 @@ from backend.models.toyworld.dataset import (
     save_latents,
     to_pixels,
 )
+from backend.models.toyworld.grounding import grounding_loss
 from backend.models.toyworld.tokenizer import load_tokenizer, write_tokenizer_files
 from backend.paths import resource_path
 
@@ -96,6 +98,9 @@ log = logging.getLogger(__name__)
 MAX_EXPORT_BYTES = 60 * 2**20
 STAGES = ("vae", "decoder", "cache", "unet", "export", "evaluate")
 _VALIDATION_SEED_OFFSET = 10_007  # held-out scenes: another seed than any training scene
+# Cross-attention levels the grounding loss supervises: the 16x16 and 8x8 grids (at 128 px) that MDE-Edit,
+# pix2pix-zero and the evaluation read; the 4x4 mid block is too coarse to outline an object.
+GROUNDED_BLOCKS = ("down_blocks.0", "down_blocks.1", "up_blocks.1", "up_blocks.2")
 
 
 # --- options -----------------------------------------------------------------------------------------------
@@ -129,6 +134,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--ema-decay", type=float, default=0.9995)
     add("--snr-gamma", type=float, default=5.0, help="min-SNR-gamma loss weighting (0 = plain MSE)")
     add("--cfg-dropout", type=float, default=0.1)
+    add("--grounding-weight", type=float, default=0.01, help="TokenCompose token loss on cross-attention (0 = off)")
+    add("--grounding-pixel-weight", type=float, default=0.001, help="TokenCompose pixel (BCE) loss weight")
     add("--checkpoint-every", type=int, default=1000)
     add("--eval-every", type=int, default=1000, help="VAE: held-out reconstruction PSNR every N steps")
     add("--log-every", type=int, default=50)
@@ -559,7 +566,8 @@ class Trainer:
 
         args = self.args
         scaling = float(json.loads((self.work / "vae" / "config.json").read_text())["scaling_factor"])
-        dataset = LatentCaptionDataset(latents, self.tokenizer(), args.seed, scaling, args.cfg_dropout)
+        grounding = bool(args.grounding_weight or args.grounding_pixel_weight)
+        dataset = LatentCaptionDataset(latents, self.tokenizer(), args.seed, scaling, args.cfg_dropout, grounding)
         unet, encoder = self.build_denoiser()
         ema_unet, ema_encoder = EMA(unet, args.ema_decay), EMA(encoder, args.ema_decay)
         parameters = [*unet.parameters(), *encoder.parameters()]
@@ -573,11 +581,16 @@ class Trainer:
         unet.train()
         encoder.train()
         prefetch = Prefetcher(lambda i: dataset.batch(i, args.batch_size), start, args.unet_steps)
+        # Grounding: record the cross-attention maps (with their graph) of the 16x16 and 8x8 levels.
+        store = AttentionStore(kind="cross", keep_grad=True)
+        grounded = attention_layers(unet, "cross", blocks=GROUNDED_BLOCKS) if grounding else []
+        controller = AttentionController(unet)
+        controller.install({layer: RecordMaps(store) for layer in grounded})
 
         def step(index: int) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(index, args.lr, args.warmup, args.unet_steps)
-            clean, ids = (t.to(self.device, non_blocking=True) for t in prefetch.get(index))
+            clean, ids, *truth = (t.to(self.device, non_blocking=True) for t in prefetch.get(index))
             generator = step_generator(args.seed, index, 4)
             noise = torch.randn(clean.shape, generator=generator).to(self.device)
             timesteps = torch.randint(0, len(alphas), (len(clean),), generator=generator).to(self.device)
@@ -585,14 +598,21 @@ class Trainer:
             with self._autocast():
                 hidden = encoder(ids)[0]
                 prediction = unet(noisy, timesteps, encoder_hidden_states=hidden).sample
-            loss = denoising_loss(prediction.float(), noise, alphas[timesteps], args.snr_gamma)
+            denoising = denoising_loss(prediction.float(), noise, alphas[timesteps], args.snr_gamma)
+            parts = {}
+            loss = denoising
+            if grounding:
+                token, pixel = grounding_loss(store.at_step(0), *truth)
+                store.clear()
+                loss = loss + args.grounding_weight * token + args.grounding_pixel_weight * pixel
+                parts = {"denoising": denoising.detach(), "token": token.detach(), "pixel": pixel.detach()}
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(parameters, 1.0)
             optimizer.step()
             ema_unet.update(unet, index)
             ema_encoder.update(encoder, index)
-            return {"loss": loss.detach(), "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"]}
+            return {"loss": loss.detach(), **parts, "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"]}
 
         def save(index: int) -> None:
             state = {
@@ -608,6 +628,7 @@ class Trainer:
         try:
             return self._loop("unet", start, args.unet_steps, step, save)
         finally:
+            controller.restore()
             prefetch.close()
 
     def _resume_unet(self, path: Path, unet, encoder, ema_unet: EMA, ema_encoder: EMA, optimizer) -> int:
