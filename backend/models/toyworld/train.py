@@ -10,7 +10,9 @@ Stages (each resumable; finished stages are skipped on a re-run with the same wo
 2. cache - a large fixed set of scenes encoded once to latents (<work>/latents_*.safetensors).
 3. UNet - UNet2DConditionModel + CLIP text encoder trained jointly on the cached latents: AdamW, linear warm-up
           then cosine decay, EMA weights, min-SNR-gamma loss weighting (Hang et al. 2023), CFG dropout 0.1,
-          bf16 autocast on CUDA, gradient clipping.
+          bf16 autocast on CUDA, gradient clipping; plus TokenCompose's grounding loss (grounding.py): each
+          object's words attend to that object's exact mask on the 16x16 and 8x8 cross-attention maps
+          (--grounding-weight, --grounding-pixel-weight; 0 turns it off).
 4. export - EMA weights, tokenizer and DDIM scheduler config via `save_diffusers_folder` (safetensors; fp16 when
           fp32 would exceed the 60 MB budget), so `load_model(folder)` loads it like any downloaded SD model.
 5. evaluate - the issue's figures (judge accuracy on generations, VAE / inversion PSNR, cross-attention IoU, CPU
