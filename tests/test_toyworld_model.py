@@ -1,6 +1,6 @@
 """The shipped toy-world model (resources/models/toyworld): what the app loads by default, measured on the world.
 
-Figures asserted here are regression guards at what the shipped weights reach (trained ~1 h on a 2-core CPU);
+Figures asserted here are regression guards below what the shipped weights reach (trained ~3.5 h on a 2-core CPU);
 the issue's targets and the full evaluation live in resources/models/toyworld/toyworld.json ("metrics").
 """
 
@@ -56,4 +56,4 @@ def test_its_vae_reconstructs_the_world_samples(toyworld):
             back = engine.decode_latents(latents)
         mse = np.mean((back.astype(np.float64) - image.astype(np.float64)) ** 2)
         scores.append(10 * np.log10(255.0**2 / mse))
-    assert np.mean(scores) >= 24.0, scores  # 26.96 dB on 64 held-out scenes when it was trained
+    assert np.mean(scores) >= 26.0, scores  # 29.03 dB on 64 held-out scenes when it was trained
