@@ -367,6 +367,11 @@ class Trainer:
         save(total)
         return True
 
+    def _reached_target_psnr(self, metrics: dict) -> bool:
+        """VAE and decoder stages end early once the held-out PSNR reaches --vae-target-psnr."""
+        target = self.args.vae_target_psnr
+        return bool(target) and metrics.get("val_psnr", 0.0) >= target
+
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast)
 
@@ -403,10 +408,7 @@ class Trainer:
                 latents = posterior.sample(generator=step_generator(args.seed, index, 2))
                 reconstruction = vae.decode(latents).sample
             loss, parts = vae_loss(reconstruction.float(), batch, posterior, args.kl_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-            optimizer.step()
+            optimise(optimizer, loss, vae.parameters())
             if (index + 1) % args.eval_every == 0:
                 parts["val_psnr"] = reconstruction_psnr(vae, validation)
             return parts
@@ -414,10 +416,7 @@ class Trainer:
         def save(index: int) -> None:
             save_checkpoint(path, {"step": index, "vae": vae.state_dict(), "optimizer": optimizer.state_dict()})
 
-        def reached_target(metrics: dict) -> bool:
-            return bool(args.vae_target_psnr) and metrics.get("val_psnr", 0.0) >= args.vae_target_psnr
-
-        if not self._loop("vae", start, args.vae_steps, step, save, reached_target):
+        if not self._loop("vae", start, args.vae_steps, step, save, self._reached_target_psnr):
             return None
         vae.eval().requires_grad_(False)
         quality = reconstruction_psnr(vae, validation)
@@ -498,10 +497,7 @@ class Trainer:
             with self._autocast():
                 reconstruction = tuned.decode(latents).sample
             loss, parts = reconstruction_loss(reconstruction.float(), batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            optimizer.step()
+            optimise(optimizer, loss, trainable)
             if (index + 1) % args.eval_every == 0:
                 parts["val_psnr"] = reconstruction_psnr(tuned, validation)
             return {"loss": loss.detach(), **parts}
@@ -509,10 +505,7 @@ class Trainer:
         def save(index: int) -> None:
             save_checkpoint(path, {"step": index, "vae": tuned.state_dict(), "optimizer": optimizer.state_dict()})
 
-        def reached_target(metrics: dict) -> bool:
-            return bool(args.vae_target_psnr) and metrics.get("val_psnr", 0.0) >= args.vae_target_psnr
-
-        if not self._loop("decoder", start, args.decoder_steps, step, save, reached_target):
+        if not self._loop("decoder", start, args.decoder_steps, step, save, self._reached_target_psnr):
             return None
         tuned.eval().requires_grad_(False)
         quality = reconstruction_psnr(tuned, validation)
@@ -614,10 +607,7 @@ class Trainer:
                 store.clear()
                 loss = loss + args.grounding_weight * token + args.grounding_pixel_weight * pixel
                 parts = {"denoising": denoising.detach(), "token": token.detach(), "pixel": pixel.detach()}
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-            optimizer.step()
+            grad_norm = optimise(optimizer, loss, parameters)
             ema_unet.update(unet, index)
             ema_encoder.update(encoder, index)
             return {"loss": loss.detach(), **parts, "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"]}
@@ -723,6 +713,16 @@ class Trainer:
 
 
 # --- losses and measurements -------------------------------------------------------------------------------
+
+
+def optimise(optimizer: torch.optim.Optimizer, loss: torch.Tensor, parameters) -> torch.Tensor:
+    """One step: gradients of `loss`, clipped to norm 1, applied. Returns the norm before clipping."""
+    parameters = list(parameters)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+    optimizer.step()
+    return grad_norm
 
 
 def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> tuple:
