@@ -212,6 +212,15 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(partial, path)
 
 
+def vae_saver(path: Path, vae: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Callable[[int], None]:
+    """The VAE and decoder stages' checkpoint: step, weights, optimizer state."""
+
+    def save(index: int) -> None:
+        save_checkpoint(path, {"step": index, "vae": vae.state_dict(), "optimizer": optimizer.state_dict()})
+
+    return save
+
+
 def load_checkpoint(path: Path) -> dict | None:
     return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
 
@@ -413,9 +422,7 @@ class Trainer:
                 parts["val_psnr"] = reconstruction_psnr(vae, validation)
             return parts
 
-        def save(index: int) -> None:
-            save_checkpoint(path, {"step": index, "vae": vae.state_dict(), "optimizer": optimizer.state_dict()})
-
+        save = vae_saver(path, vae, optimizer)
         if not self._loop("vae", start, args.vae_steps, step, save, self._reached_target_psnr):
             return None
         vae.eval().requires_grad_(False)
@@ -502,9 +509,7 @@ class Trainer:
                 parts["val_psnr"] = reconstruction_psnr(tuned, validation)
             return {"loss": loss.detach(), **parts}
 
-        def save(index: int) -> None:
-            save_checkpoint(path, {"step": index, "vae": tuned.state_dict(), "optimizer": optimizer.state_dict()})
-
+        save = vae_saver(path, tuned, optimizer)
         if not self._loop("decoder", start, args.decoder_steps, step, save, self._reached_target_psnr):
             return None
         tuned.eval().requires_grad_(False)
