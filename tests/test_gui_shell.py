@@ -7,7 +7,6 @@ No backend process is spawned except in the last test, the real end-to-end `--sm
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 import threading
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from app_process import run_app
 from fake_backend import FakeClient, green, open_window, previews, recorded_stream
 from PIL import Image
 from PySide6.QtCore import Qt
@@ -378,15 +378,7 @@ def test_importing_the_app_does_not_load_torch():
 
 
 def test_smoke_test_starts_the_real_backend_and_lists_its_methods():
-    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
-    done = subprocess.run(
-        [sys.executable, "-m", "desktop_app", "--smoke-test"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_app("--smoke-test", timeout=120, offline=False)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = done.stdout.strip().splitlines()[-1]
     assert summary.startswith("atelier ok: ")

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-import os
 import subprocess
 import sys
 import types
 from pathlib import Path
 
 import pytest
+from app_process import run_app
 from PIL import Image
 
 from desktop_app.self_test import FALLBACK_MODEL, TOYWORLD, choose_model
@@ -173,15 +173,7 @@ def test_the_self_test_loads_the_toy_world_model_when_shipped_else_says_it_falls
 
 
 def test_self_test_from_source_runs_an_edit_in_the_backend_process():
-    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "desktop_app", "--self-test", "--model", "tiny"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    done = run_app("--self-test", "--model", "tiny", timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = done.stdout.strip().splitlines()[-1]
     assert summary.startswith("atelier self-test ok: model tiny on cpu in backend pid "), summary
@@ -191,15 +183,7 @@ def test_self_test_from_source_runs_an_edit_in_the_backend_process():
 def test_screenshot_saves_the_window_once_the_backend_has_answered(tmp_path):
     picture = tmp_path / "window.png"
     sample = REPO / "resources" / "samples" / "red_circle_blue_square.png"
-    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "desktop_app", "--image", str(sample), "--screenshot", str(picture)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_app("--image", str(sample), "--screenshot", str(picture), timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1].startswith(f"atelier screenshot: {picture} (")
     with Image.open(picture) as image:
