@@ -253,6 +253,32 @@ def test_background_psnr_is_infinite_when_unchanged_and_drops_when_changed():
     assert background_psnr(rgb, edited) < 30
 
 
+def test_held_in_prompts_are_captions_of_the_training_cache():
+    from backend.models.toyworld.evaluate import held_in_scenes, held_out_scenes
+
+    training = [scene_for_seed(5, i) for i in range(60)]
+    for objects in (1, 2):
+        chosen = held_in_scenes(5, 60, objects, 4)
+        assert len(chosen) == 4 and all(len(s.objects) == objects for s in chosen)
+        assert all(s in training for s in chosen)
+        assert not any(s in training for s in held_out_scenes(objects, 4))
+    with pytest.raises(ValueError, match="hold only"):
+        held_in_scenes(5, 6, 2, 10)
+
+
+def test_judge_images_scores_renders_as_right_and_empty_backgrounds_as_wrong():
+    from backend.models.toyworld.evaluate import judge_images
+
+    scenes = [scene_for_seed(17, i, n_objects=2) for i in range(6)]
+    renders = np.stack([render(s, SIZE)[0] for s in scenes])
+    assert judge_images(renders, scenes) == {"colour": 1.0, "shape": 1.0, "all_right": 1.0}
+    empty = np.stack([render(dataclasses.replace(s, objects=()), SIZE)[0] for s in scenes])
+    assert judge_images(empty, scenes) == {"colour": 0.0, "shape": 0.0, "all_right": 0.0}
+    swapped = renders.copy()
+    swapped[0] = renders[1]  # another scene's objects in image 0
+    assert judge_images(swapped, scenes)["all_right"] == pytest.approx(5 / 6)
+
+
 # --- trainer -------------------------------------------------------------------------------------------------
 
 
@@ -371,7 +397,13 @@ def test_trainer_evaluates_the_exported_model(trained):
     import json
 
     metrics = json.loads((trained[0] / "straight-model" / "toyworld.json").read_text())["metrics"]
-    assert set(metrics["judge"]) == {"one_object", "two_objects"}
+    assert (
+        set(metrics["judge"]) == {"prompts", "one_object", "two_objects"} and metrics["judge"]["prompts"] == "held-in"
+    )
+    assert (
+        set(metrics["judge_held_out"]) == set(metrics["judge_on_vae_reconstructions"]) == {"one_object", "two_objects"}
+    )
+    assert all(0 <= v <= 1 for group in metrics["judge_held_out"].values() for v in group.values())
     assert metrics["vae_psnr"] > 0 and 0 <= metrics["cross_attention_iou"] <= 1
     assert metrics["inversion_psnr"] > 0 and metrics["cpu_seconds_per_image"] > 0
 

@@ -1,6 +1,8 @@
 """Measure a trained toy-world model against issue #3's bar, with the judge (backend/eval/toyworld.py):
 
-- generations from held-out captions: one-object colour >= 95 % and shape >= 85 %, two-object both right >= 75 %;
+- generations from held-in captions (scenes of the training set, as the issue asks): one-object colour >= 95 % and
+  shape >= 85 %, two-object both right >= 75 %; the same on held-out captions (scenes no training run draws), and
+  the judge on the model's own VAE reconstructions of the held-in scenes: the ceiling the generations can reach;
 - VAE reconstruction PSNR >= 30 dB; 50-step DDIM inversion -> reconstruction PSNR >= 27 dB;
 - cross-attention maps of the shape word (up_blocks.1/2, recorded while reconstructing) overlap the object:
   IoU >= 0.5 of the map thresholded at half its maximum;
@@ -26,7 +28,7 @@ from backend.engine.inversion import ddim_invert
 from backend.engine.sampling import denoise, guided_predictor, make_scheduler
 from backend.eval.toyworld import detect_objects, mask_iou, match
 from backend.models.bundle import ModelBundle
-from backend.models.toyworld.world import caption, ground_truth, render, scene_for_seed
+from backend.models.toyworld.world import Scene, caption, ground_truth, render, scene_for_seed
 
 log = logging.getLogger(__name__)
 
@@ -64,25 +66,56 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
-def judge_generations(engine: Engine, count: int = 200, steps: int = 50, guidance: float = 5.0) -> dict:
-    """Judge accuracy on `count` one-object and `count` two-object captions of held-out scenes."""
+def held_in_scenes(seed: int, scenes: int, objects: int, count: int) -> list[Scene]:
+    """The first `count` training scenes (`scene_for_seed(seed, i)`, i < `scenes`: the trainer's cache) that
+    have exactly `objects` objects: their captions are the held-in prompts."""
+    found = []
+    for index in range(scenes):
+        scene = scene_for_seed(seed, index)
+        if len(scene.objects) == objects:
+            found.append(scene)
+            if len(found) == count:
+                return found
+    raise ValueError(f"the {scenes} training scenes of seed {seed} hold only {len(found)} with {objects} object(s)")
+
+
+def held_out_scenes(objects: int, count: int) -> list[Scene]:
+    return [scene_for_seed(HELD_OUT_SEED + objects, i, n_objects=objects) for i in range(count)]
+
+
+def judge_images(images: np.ndarray, scenes: list[Scene]) -> dict:
+    """Shares of objects whose colour / colour and shape the judge finds, and of images with every object right."""
+    colour, shape, right = [], [], []
+    for image, scene in zip(images, scenes, strict=True):
+        truth = ground_truth(scene, image.shape[0])
+        paired = match(detect_objects(image), truth)
+        colour += [d is not None and d.colour == t.colour for d, t in zip(paired, truth)]
+        shape += [d is not None and d.colour == t.colour and d.shape == t.shape for d, t in zip(paired, truth)]
+        right.append(all(shape[-len(truth) :]))
+    return {"colour": float(np.mean(colour)), "shape": float(np.mean(shape)), "all_right": float(np.mean(right))}
+
+
+GROUPS = {"one_object": 1, "two_objects": 2}
+
+
+def judge_generations(
+    engine: Engine, groups: dict[str, list[Scene]], steps: int = 50, guidance: float = 5.0
+) -> dict[str, dict]:
+    """judge_images on generations from the captions of each group's scenes."""
+    return {
+        name: judge_images(generate(engine, [caption(s) for s in scenes], steps, guidance), scenes)
+        for name, scenes in groups.items()
+    }
+
+
+def judge_reconstructions(engine: Engine, groups: dict[str, list[Scene]]) -> dict[str, dict]:
+    """judge_images on VAE reconstructions of the scenes' renders: what generations can reach at best."""
+    size = engine.bundle.default_size
     report = {}
-    for objects in (1, 2):
-        scenes = [scene_for_seed(HELD_OUT_SEED + objects, i, n_objects=objects) for i in range(count)]
-        images = generate(engine, [caption(s) for s in scenes], steps, guidance)
-        colour, shape, right = [], [], []
-        for image, scene in zip(images, scenes):
-            truth = ground_truth(scene, image.shape[0])
-            paired = match(detect_objects(image), truth)
-            colour += [d is not None and d.colour == t.colour for d, t in zip(paired, truth)]
-            shape += [d is not None and d.colour == t.colour and d.shape == t.shape for d, t in zip(paired, truth)]
-            right.append(all(shape[-len(truth) :]))
-        key = "one_object" if objects == 1 else "two_objects"
-        report[key] = {
-            "colour": float(np.mean(colour)),
-            "shape": float(np.mean(shape)),
-            "all_right": float(np.mean(right)),
-        }
+    for name, scenes in groups.items():
+        images = np.stack([render(scene, size)[0] for scene in scenes])
+        chunks = np.array_split(images, max(1, len(images) // 50))
+        report[name] = judge_images(np.concatenate([decode(engine, _encode(engine, c)) for c in chunks]), scenes)
     return report
 
 
@@ -145,10 +178,30 @@ def sampling_seconds(engine: Engine, steps: int = 50, threads: int = 2) -> float
         torch.set_num_threads(previous)
 
 
-def evaluate(bundle: ModelBundle, cpu_bundle: ModelBundle | None = None, count: int = 200, steps: int = 50) -> dict:
-    """All of the issue's figures for one loaded model (`cpu_bundle`: the same model on the CPU, for timing)."""
+def evaluate(
+    bundle: ModelBundle,
+    cpu_bundle: ModelBundle | None = None,
+    count: int = 200,
+    steps: int = 50,
+    training: tuple[int, int] | None = None,
+) -> dict:
+    """All of the issue's figures for one loaded model (`cpu_bundle`: the same model on the CPU, for timing).
+
+    `training` = (seed, scenes) of the training cache: "judge" is then measured on `count` held-in captions per
+    group and "judge_held_out" on count // 2 held-out ones; without it "judge" is held-out only."""
     engine = Engine(bundle)
-    results = {"judge": judge_generations(engine, count, steps), "vae_psnr": vae_psnr(engine, count)}
+    held_out_count = count if training is None else max(1, count // 2)
+    held_out = {name: held_out_scenes(n, held_out_count) for name, n in GROUPS.items()}
+    if training is None:
+        results = {"judge": {"prompts": "held-out", **judge_generations(engine, held_out, steps)}}
+    else:
+        held_in = {name: held_in_scenes(*training, n, count) for name, n in GROUPS.items()}
+        results = {
+            "judge": {"prompts": "held-in", **judge_generations(engine, held_in, steps)},
+            "judge_held_out": judge_generations(engine, held_out, steps),
+            "judge_on_vae_reconstructions": judge_reconstructions(engine, held_in),
+        }
+    results["vae_psnr"] = vae_psnr(engine, count)
     results.update(inversion_and_attention(engine, max(1, count // 10), steps))
     if cpu_bundle is not None:
         results["cpu_seconds_per_image"] = sampling_seconds(Engine(cpu_bundle), steps)

@@ -15,8 +15,9 @@ Stages (each resumable; finished stages are skipped on a re-run with the same wo
           (--grounding-weight, --grounding-pixel-weight; 0 turns it off).
 4. export - EMA weights, tokenizer and DDIM scheduler config via `save_diffusers_folder` (safetensors; fp16 when
           fp32 would exceed the 60 MB budget), so `load_model(folder)` loads it like any downloaded SD model.
-5. evaluate - the issue's figures (judge accuracy on generations, VAE / inversion PSNR, cross-attention IoU, CPU
-          seconds per image; see evaluate.py), written to <output>/toyworld.json under "metrics".
+5. evaluate - the issue's figures (judge accuracy on generations from held-in and held-out captions and on VAE
+          reconstructions - the ceiling -, VAE / inversion PSNR, cross-attention IoU, CPU seconds per image; see
+          evaluate.py), written to <output>/toyworld.json under "metrics".
 
 Checkpoints (<work>/<stage>_checkpoint.pt, weights_only-loadable tensors) are written atomically every
 `--checkpoint-every` steps and when the `--max-minutes` budget or `--stop-after` ends a run; re-running the same
@@ -683,7 +684,12 @@ class Trainer:
         # The CLIP-format source files too, so older transformers (slow CLIPTokenizer) load it as well.
         for name in ("vocab.json", "merges.txt"):
             shutil.copy(self.work / "tokenizer" / name, staging / "tokenizer" / name)
-        info = {"config": self.config.to_dict(), "seed": self.args.seed, "unet_steps": int(state["step"])}
+        info = {
+            "config": self.config.to_dict(),
+            "seed": self.args.seed,
+            "scenes": self.args.scenes,
+            "unet_steps": int(state["step"]),
+        }
         (staging / "toyworld.json").write_text(json.dumps({**info, "dtype": str(dtype)}, indent=2))
         if output.exists():
             shutil.rmtree(output)
@@ -701,7 +707,8 @@ class Trainer:
         output = Path(self.args.output_dir)
         bundle = load_model(str(output), device=str(self.device))
         cpu_bundle = bundle if self.device.type == "cpu" else load_model(str(output), device="cpu")
-        results = evaluate(bundle, cpu_bundle, self.args.eval_count, self.args.eval_steps)
+        training = (self.args.seed, self.args.scenes)  # the cached scenes whose captions are the held-in prompts
+        results = evaluate(bundle, cpu_bundle, self.args.eval_count, self.args.eval_steps, training)
         info_path = output / "toyworld.json"
         info = json.loads(info_path.read_text())
         info["metrics"] = results
