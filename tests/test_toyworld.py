@@ -363,6 +363,62 @@ def test_an_interrupted_trainer_saves_where_it_was_and_resumes_from_there(tmp_pa
     assert [e["step"] for e in train.iter_log(tmp_path / "work") if e["stage"] == "vae" and "loss" in e][-2:] == [3, 4]
 
 
+def test_a_time_budget_ends_stages_finished_with_the_learning_rate_decayed(trained, tmp_path):
+    """--unet-minutes: as many steps as fit, the cosine schedule fitted to them, the stage then complete (a
+    re-run trains nothing more) and exported; what a lent GPU's few minutes rely on."""
+    import shutil
+
+    import torch
+
+    from backend.models.toyworld.train import iter_log
+
+    work = tmp_path / "work"
+    shutil.copytree(trained[0] / "straight", work)
+    (work / "unet_checkpoint.pt").unlink()
+    budget = ["--unet-steps", "100000", "--unet-minutes", "0.05", "--stages", "unet,export", "--lr", "1e-3"]
+    assert _train(work, tmp_path / "model", *budget) == 0
+    state = torch.load(work / "unet_checkpoint.pt", weights_only=True)
+    steps = [e for e in iter_log(work) if e["stage"] == "unet" and "loss" in e]
+    assert 20 < state["step"] == state["total"] == steps[-1]["step"] < 100000
+    assert steps[-1]["lr"] == pytest.approx(1e-4, rel=0.05)  # the schedule's floor, 10 % of --lr
+    assert (tmp_path / "model" / "unet").is_dir()
+    assert _train(work, tmp_path / "model", *budget) == 0
+    assert len([e for e in iter_log(work) if e["stage"] == "unet" and "loss" in e]) == len(steps)
+
+
+def test_scenes_rendered_and_encoded_in_worker_processes_match_one_process():
+    import torch
+
+    from backend.models.toyworld import config
+    from backend.models.toyworld.dataset import encode_latents, render_images
+
+    assert np.array_equal(render_images(4, 600, 64, workers=2), render_images(4, 600, 64))
+    vae = config.build_vae(config.TINY).eval()
+    with torch.no_grad():
+        pooled = encode_latents(vae, 4, 1100, 64, batch_size=128, workers=2)  # several blocks, one pool
+        alone = encode_latents(vae, 4, 1100, 64, batch_size=128)
+    assert pooled.shape == (1100, 4, 8, 8) and torch.equal(pooled, alone)
+
+
+def test_batches_built_in_worker_processes_are_the_same_batches_in_the_same_order(world_tokenizer):
+    import torch
+
+    from backend.models.toyworld.dataset import LatentCaptionDataset
+    from backend.models.toyworld.train import _BatchMaker, batch_stream
+
+    latents = torch.randn(40, 4, 8, 8).half()
+    make = _BatchMaker(LatentCaptionDataset(latents, world_tokenizer, 5, 0.5, 0.1, grounding=True), 6)
+    streams = [batch_stream(make, 3, 9, workers) for workers in (0, 2)]
+    try:
+        for step in range(3, 9):
+            threaded, spawned = (stream.get(step) for stream in streams)
+            assert len(threaded) == len(spawned) == 4
+            assert all(torch.equal(a, b) for a, b in zip(threaded, spawned))
+    finally:
+        for stream in streams:
+            stream.close()
+
+
 def test_decoder_fine_tuning_keeps_the_latent_space_and_sharpens_reconstructions(trained, tmp_path):
     """The decoder stage may run after the UNet trained: the encoder (hence the cached latents) must not move,
     the decoder must get better, and the export must carry it. It extends when asked for more steps."""

@@ -12,6 +12,7 @@ uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 from collections.abc import Callable, Sequence
@@ -35,15 +36,28 @@ def _render_chunk(seed: int, start: int, stop: int, size: int) -> np.ndarray:
     return np.stack([render(scene_for_seed(seed, index), size)[0] for index in range(start, stop)])
 
 
-def render_images(seed: int, count: int, size: int, workers: int = 0, start: int = 0) -> np.ndarray:
-    """uint8 (count, size, size, 3): scenes start..start+count of `seed`, rendered in `workers` processes."""
+def render_pool(workers: int) -> contextlib.AbstractContextManager:
+    """Processes for render_images (a null context for workers <= 1). Open one for many calls: each start
+    spawns `workers` interpreters that import torch, seconds apiece."""
+    if workers <= 1:
+        return contextlib.nullcontext()
+    # spawn, not fork: the parent may hold a CUDA context, which forked children must not inherit.
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def render_images(
+    seed: int, count: int, size: int, workers: int = 0, start: int = 0, pool: ProcessPoolExecutor | None = None
+) -> np.ndarray:
+    """uint8 (count, size, size, 3): scenes start..start+count of `seed`, rendered in `pool` or in `workers`
+    processes of its own."""
     bounds = [(a, min(a + _CHUNK, start + count)) for a in range(start, start + count, _CHUNK)]
-    if workers <= 1 or len(bounds) == 1:
+    if pool is None and workers > 1 and len(bounds) > 1:
+        with render_pool(workers) as own:
+            return render_images(seed, count, size, start=start, pool=own)
+    if pool is None or len(bounds) == 1:
         chunks = [_render_chunk(seed, a, b, size) for a, b in bounds]
     else:
-        # spawn, not fork: the parent may hold a CUDA context, which forked children must not inherit.
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            chunks = list(pool.map(_render_chunk, *zip(*[(seed, a, b, size) for a, b in bounds])))
+        chunks = list(pool.map(_render_chunk, *zip(*[(seed, a, b, size) for a, b in bounds])))
     return np.concatenate(chunks) if chunks else np.zeros((0, size, size, 3), np.uint8)
 
 
@@ -66,14 +80,15 @@ def encode_latents(
     """Posterior means (count, C, size/8, size/8) of scenes 0..count-1 of `seed`, unscaled, float16 on the CPU."""
     device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
     parts = []
-    block = max(batch_size, _CHUNK * max(workers, 1))  # render a few chunks per worker at a time
-    for start in range(0, count, block):
-        images = render_images(seed, min(block, count - start), size, workers, start=start)
-        for offset in range(0, len(images), batch_size):
-            pixels = to_pixels(images[offset : offset + batch_size], device).to(dtype)
-            parts.append(vae.encode(pixels).latent_dist.mean.float().half().cpu())
-        if progress is not None:
-            progress(min(start + block, count), count)
+    block = max(batch_size, _CHUNK * max(workers, 1) * 2)  # render a few chunks per worker at a time
+    with render_pool(workers) as pool:
+        for start in range(0, count, block):
+            images = render_images(seed, min(block, count - start), size, start=start, pool=pool)
+            for offset in range(0, len(images), batch_size):
+                pixels = to_pixels(images[offset : offset + batch_size], device).to(dtype)
+                parts.append(vae.encode(pixels).latent_dist.mean.float().half().cpu())
+            if progress is not None:
+                progress(min(start + block, count), count)
     return torch.cat(parts)
 
 

@@ -123,7 +123,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--image-size", type=int, default=0, help="image side in pixels (0 = the preset's, 128)")
     add("--seed", type=int, default=0)
     add("--device", default="auto", help="auto (CUDA when present), cuda, cpu")
-    add("--workers", type=int, default=0, help="processes that render scenes (0 = in this process)")
+    add("--workers", type=int, default=0, help="processes that render scenes and build batches (0 = in this one)")
     add("--vae-steps", type=int, default=8000)
     add("--vae-batch", type=int, default=64)
     add("--vae-lr", type=float, default=2e-4)
@@ -149,6 +149,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--eval-every", type=int, default=1000, help="VAE: held-out reconstruction PSNR every N steps")
     add("--log-every", type=int, default=50)
     add("--max-minutes", type=float, default=0.0, help="stop (with a checkpoint) after this long; 0 = no limit")
+    add("--vae-minutes", type=float, default=0.0, help="time budget of the VAE stage in this run (0 = none)")
+    add("--decoder-minutes", type=float, default=0.0, help="time budget of the decoder stage in this run")
+    add("--unet-minutes", type=float, default=0.0, help="time budget of the UNet stage in this run")
     add("--stop-after", type=int, default=0, help="stop each stage after this many steps in this run (testing)")
     add("--export-dtype", default="auto", choices=["auto", "fp16", "fp32"])
     add("--eval-count", type=int, default=200, help="evaluate: generations per judged group (1 and 2 objects)")
@@ -201,6 +204,42 @@ class Budget:
         return bool(self.deadline) and time.monotonic() >= self.deadline
 
 
+@dataclass
+class StagePlan:
+    """How many steps a stage runs. Without a time budget: its --*-steps. With one (--vae-minutes,
+    --unet-minutes, ...): as many as fit in it at the measured speed, at most --*-steps, and the stage then ends
+    *finished* (final weights, learning rate decayed to its floor), not merely interrupted: the cosine schedule
+    follows `total`, re-fitted as the speed estimate firms up. That is how a lent GPU's few minutes give a
+    complete model; the trajectory then depends on the machine's speed (a resumed run fits its own budget)."""
+
+    total: int
+    minutes: float = 0.0
+    began: float = 0.0
+    limit: int = 0
+
+    def __post_init__(self) -> None:
+        self.limit = self.limit or self.total
+        self.began = self.began or time.monotonic()
+
+    def refit(self, index: int, rate: float) -> None:
+        """`index` steps are done at `rate` steps/s: end the stage where the budget runs out."""
+        if not self.minutes or rate <= 0:
+            return
+        left = self.minutes * 60 - (time.monotonic() - self.began)
+        self.total = max(index + 1, min(self.limit, index + int(rate * left)))
+
+    def marker(self) -> dict:
+        """What a checkpoint records of the plan: the total when it ends the stage before its --*-steps (a time
+        budget or a target reached), so a re-run sees the stage as finished; nothing otherwise, so asking for
+        more --*-steps later extends it."""
+        return {"total": self.total} if self.total < self.limit else {}
+
+
+def finished(state: dict | None, steps: int) -> bool:
+    """Whether a stage checkpoint is of a completed stage (its planned total reached)."""
+    return state is not None and int(state["step"]) >= int(state.get("total", steps))
+
+
 def step_generator(seed: int, step: int, salt: int) -> torch.Generator:
     """CPU generator for one step's random draws: same numbers whether or not the run was resumed."""
     return torch.Generator("cpu").manual_seed(int(np.random.SeedSequence([seed, step, salt]).generate_state(1)[0]))
@@ -213,11 +252,14 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(partial, path)
 
 
-def vae_saver(path: Path, vae: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Callable[[int], None]:
-    """The VAE and decoder stages' checkpoint: step, weights, optimizer state."""
+def vae_saver(
+    path: Path, vae: torch.nn.Module, optimizer: torch.optim.Optimizer, plan: StagePlan
+) -> Callable[[int], None]:
+    """The VAE and decoder stages' checkpoint: step, planned total, weights, optimizer state."""
 
     def save(index: int) -> None:
-        save_checkpoint(path, {"step": index, "vae": vae.state_dict(), "optimizer": optimizer.state_dict()})
+        state = {"step": index, **plan.marker(), "vae": vae.state_dict(), "optimizer": optimizer.state_dict()}
+        save_checkpoint(path, state)
 
     return save
 
@@ -255,6 +297,52 @@ def lr_at(step: int, base: float, warmup: int, total: int) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+class _StepBatches(torch.utils.data.Dataset):
+    """Item i = the batch of step first + i (a pure function of the step, so worker processes can build it)."""
+
+    def __init__(self, make: Callable[[int], tuple], first: int, last: int) -> None:
+        self.make, self.first, self.last = make, first, last
+
+    def __len__(self) -> int:
+        return max(0, self.last - self.first)
+
+    def __getitem__(self, index: int) -> tuple:
+        return self.make(self.first + index)
+
+
+def batch_stream(make: Callable[[int], tuple], first: int, last: int, workers: int, pin: bool = False):
+    """The batches of steps first..last-1 in order, built ahead: in a thread (workers 0), else in `workers`
+    processes (captions, object masks and tokenizing cost ~0.3 s per 256 samples on one core, more than a GPU
+    step). Both expose get(step) and close()."""
+    if workers <= 0:
+        return Prefetcher(make, first, last)
+    return _LoaderPrefetcher(make, first, last, workers, pin)
+
+
+class _LoaderPrefetcher:
+    def __init__(self, make: Callable[[int], tuple], first: int, last: int, workers: int, pin: bool) -> None:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the fast tokenizer's threads, after fork
+        loader = torch.utils.data.DataLoader(
+            _StepBatches(make, first, last),
+            batch_size=None,
+            num_workers=workers,
+            prefetch_factor=4,
+            pin_memory=pin,
+            persistent_workers=False,
+        )
+        self._next, self._iterator = first, iter(loader)
+
+    def get(self, step: int) -> tuple:
+        assert step == self._next, f"batch of step {self._next} is next, not {step}"
+        self._next += 1
+        return next(self._iterator)
+
+    def close(self) -> None:
+        shutdown = getattr(self._iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
 class Prefetcher:
     """Builds the batches of the coming steps in a background thread (captions + tokenizing are CPU work)."""
 
@@ -280,6 +368,16 @@ class Prefetcher:
         while self._thread.is_alive():
             with contextlib.suppress(queue.Empty):
                 self._queue.get(timeout=0.1)
+
+
+class _BatchMaker:
+    """dataset.batch(step, size) as a picklable callable, for batch_stream's worker processes."""
+
+    def __init__(self, dataset: LatentCaptionDataset, size: int) -> None:
+        self.dataset, self.size = dataset, size
+
+    def __call__(self, step: int) -> tuple:
+        return self.dataset.batch(step, self.size)
 
 
 # --- the trainer -------------------------------------------------------------------------------------------
@@ -342,15 +440,22 @@ class Trainer:
         self,
         stage: str,
         start: int,
-        total: int,
+        plan: StagePlan,
         step: Callable[[int], dict],
         save: Callable[[int], None],
         finished: Callable[[dict], bool] | None = None,
     ) -> bool:
-        """Run steps start..total-1 (or until `finished(metrics)`); checkpoint periodically and when the budget
-        ends the run early. True when the stage is complete."""
+        """Run steps start..plan.total-1 (or until `finished(metrics)`); checkpoint periodically and when the
+        budget ends the run early. True when the stage is complete."""
         began = time.monotonic()
-        for done, index in enumerate(range(start, total)):
+        warm, warm_at = min(20, max(1, plan.limit - start - 1)), began  # speed is measured after the warm-up
+        done, index = 0, start
+        while index < plan.total:
+            if done == warm:
+                warm_at = time.monotonic()
+            elif done > warm and (done - warm) % 10 == 0:
+                plan.refit(index, (done - warm) / max(time.monotonic() - warm_at, 1e-9))
+            total = plan.total
             if self.budget.exhausted(done):
                 save(index)
                 log.info("%s: stopped at step %d/%d (budget); re-run to resume", stage, index, total)
@@ -362,8 +467,9 @@ class Trainer:
                 log.info("%s: interrupted at step %d/%d, checkpoint saved; re-run to resume", stage, index, total)
                 raise
             if finished is not None and finished(metrics):
-                save(total)
-                log.info("%s: target reached at step %d/%d", stage, index + 1, total)
+                plan.total = index + 1
+                save(plan.total)
+                log.info("%s: target reached at step %d", stage, index + 1)
                 return True
             evaluated = any(key.startswith("val_") for key in metrics)
             if (index + 1) % self.args.log_every == 0 or index + 1 == total or done == 0 or evaluated:
@@ -374,7 +480,10 @@ class Trainer:
                 self.record(stage=stage, step=index + 1, steps_per_s=rate, **metrics)
             if (index + 1) % self.args.checkpoint_every == 0 and index + 1 < total:
                 save(index + 1)
-        save(total)
+            done, index = done + 1, index + 1
+        save(plan.total)
+        if plan.minutes:
+            log.info("%s: finished at step %d within its %.3g-minute budget", stage, plan.total, plan.minutes)
         return True
 
     def _reached_target_psnr(self, metrics: dict) -> bool:
@@ -403,6 +512,7 @@ class Trainer:
         path = self.work / "vae_checkpoint.pt"
         state = load_checkpoint(path)
         start = 0
+        plan = StagePlan(args.vae_steps, args.vae_minutes)
         if state is not None:
             vae.load_state_dict(state["vae"])
             optimizer.load_state_dict(state["optimizer"])
@@ -411,7 +521,7 @@ class Trainer:
 
         def step(index: int) -> dict:
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(index, args.vae_lr, min(500, args.vae_steps // 10 + 1), args.vae_steps)
+                group["lr"] = lr_at(index, args.vae_lr, min(500, args.vae_steps // 10 + 1), plan.total)
             batch = self._vae_batch(images, index, args.vae_batch, args.vae_crop)
             with self._autocast():
                 posterior = vae.encode(batch).latent_dist
@@ -423,8 +533,10 @@ class Trainer:
                 parts["val_psnr"] = reconstruction_psnr(vae, validation)
             return parts
 
-        save = vae_saver(path, vae, optimizer)
-        if not self._loop("vae", start, args.vae_steps, step, save, self._reached_target_psnr):
+        if finished(state, args.vae_steps):
+            plan.total = start  # completed earlier (e.g. by its time budget), interrupted while finalising
+        save = vae_saver(path, vae, optimizer, plan)
+        if not self._loop("vae", start, plan, step, save, self._reached_target_psnr):
             return None
         vae.eval().requires_grad_(False)
         quality = reconstruction_psnr(vae, validation)
@@ -432,7 +544,7 @@ class Trainer:
         vae.register_to_config(scaling_factor=scaling)
         vae.save_pretrained(final, safe_serialization=True)
         log.info("vae: held-out reconstruction PSNR %.2f dB, latent scaling factor %.5f", quality, scaling)
-        self.record(stage="vae", step=args.vae_steps, val_psnr=quality, scaling_factor=scaling)
+        self.record(stage="vae", step=plan.total, val_psnr=quality, scaling_factor=scaling)
         return vae
 
     def _validation_images(self) -> torch.Tensor:
@@ -479,8 +591,11 @@ class Trainer:
         final, path = self.work / "vae_decoder", self.work / "decoder_checkpoint.pt"
         state = load_checkpoint(path)
         start = int(state["step"]) if state is not None else 0
-        if start >= args.decoder_steps and (final / "config.json").is_file():
-            return self.tuned_decoder()
+        plan = StagePlan(args.decoder_steps, args.decoder_minutes)
+        if finished(state, args.decoder_steps):
+            if (final / "config.json").is_file():
+                return self.tuned_decoder()
+            plan.total = start
         tuned = copy.deepcopy(vae).to(self.device)
         tuned.requires_grad_(False).eval()
         trainable = [*tuned.decoder.parameters(), *tuned.post_quant_conv.parameters()]
@@ -498,7 +613,7 @@ class Trainer:
 
         def step(index: int) -> dict:
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(index, args.decoder_lr, warmup, args.decoder_steps)
+                group["lr"] = lr_at(index, args.decoder_lr, warmup, plan.total)
             batch = self._vae_batch(images, index, args.decoder_batch, salt=5)
             with torch.no_grad(), self._autocast():
                 latents = tuned.encode(batch).latent_dist.mean  # what the cache holds and the app encodes
@@ -510,8 +625,8 @@ class Trainer:
                 parts["val_psnr"] = reconstruction_psnr(tuned, validation)
             return {"loss": loss.detach(), **parts}
 
-        save = vae_saver(path, tuned, optimizer)
-        if not self._loop("decoder", start, args.decoder_steps, step, save, self._reached_target_psnr):
+        save = vae_saver(path, tuned, optimizer, plan)
+        if not self._loop("decoder", start, plan, step, save, self._reached_target_psnr):
             return None
         tuned.eval().requires_grad_(False)
         quality = reconstruction_psnr(tuned, validation)
@@ -521,7 +636,7 @@ class Trainer:
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
         log.info("decoder: held-out reconstruction PSNR %.2f dB (base VAE: see the vae stage)", quality)
-        self.record(stage="decoder", step=args.decoder_steps, val_psnr=quality)
+        self.record(stage="decoder", step=plan.total, val_psnr=quality)
         return tuned
 
     def tuned_decoder(self):
@@ -580,14 +695,17 @@ class Trainer:
         parameters = [*unet.parameters(), *encoder.parameters()]
         optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=args.weight_decay)
         path = self.work / "unet_checkpoint.pt"
-        start = self._resume_unet(path, unet, encoder, ema_unet, ema_encoder, optimizer)
-        if start >= args.unet_steps:
+        start, complete = self._resume_unet(path, unet, encoder, ema_unet, ema_encoder, optimizer)
+        if complete:
             return True
+        plan = StagePlan(args.unet_steps, args.unet_minutes)
         noise_schedule = DDPMScheduler.from_config(model_config.scheduler_config())
         alphas = noise_schedule.alphas_cumprod.to(self.device)
         unet.train()
         encoder.train()
-        prefetch = Prefetcher(lambda i: dataset.batch(i, args.batch_size), start, args.unet_steps)
+        make = _BatchMaker(dataset, args.batch_size)
+        pin = self.device.type == "cuda"
+        prefetch = batch_stream(make, start, args.unet_steps, args.workers, pin)
         # Grounding: record the cross-attention maps (with their graph) of the 16x16 and 8x8 levels.
         store = AttentionStore(kind="cross", keep_grad=True)
         grounded = attention_layers(unet, "cross", blocks=GROUNDED_BLOCKS) if grounding else []
@@ -596,7 +714,7 @@ class Trainer:
 
         def step(index: int) -> dict:
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(index, args.lr, args.warmup, args.unet_steps)
+                group["lr"] = lr_at(index, args.lr, args.warmup, plan.total)
             clean, ids, *truth = (t.to(self.device, non_blocking=True) for t in prefetch.get(index))
             generator = step_generator(args.seed, index, 4)
             noise = torch.randn(clean.shape, generator=generator).to(self.device)
@@ -621,6 +739,7 @@ class Trainer:
         def save(index: int) -> None:
             state = {
                 "step": index,
+                **plan.marker(),
                 "unet": unet.state_dict(),
                 "text_encoder": encoder.state_dict(),
                 "ema_unet": ema_unet.shadow.state_dict(),
@@ -630,22 +749,23 @@ class Trainer:
             save_checkpoint(path, state)
 
         try:
-            return self._loop("unet", start, args.unet_steps, step, save)
+            return self._loop("unet", start, plan, step, save)
         finally:
             controller.restore()
             prefetch.close()
 
-    def _resume_unet(self, path: Path, unet, encoder, ema_unet: EMA, ema_encoder: EMA, optimizer) -> int:
+    def _resume_unet(self, path: Path, unet, encoder, ema_unet: EMA, ema_encoder: EMA, optimizer) -> tuple:
+        """(step to resume at, whether the stage already finished)."""
         state = load_checkpoint(path)
         if state is None:
-            return 0
+            return 0, False
         unet.load_state_dict(state["unet"])
         encoder.load_state_dict(state["text_encoder"])
         ema_unet.shadow.load_state_dict(state["ema_unet"])
         ema_encoder.shadow.load_state_dict(state["ema_text_encoder"])
         optimizer.load_state_dict(state["optimizer"])
         log.info("unet: resuming at step %d", state["step"])
-        return int(state["step"])
+        return int(state["step"]), finished(state, self.args.unet_steps)
 
     # --- stage 4: export -----------------------------------------------------------------------------------
 
