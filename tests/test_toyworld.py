@@ -386,6 +386,33 @@ def test_a_time_budget_ends_stages_finished_with_the_learning_rate_decayed(train
     assert len([e for e in iter_log(work) if e["stage"] == "unet" and "loss" in e]) == len(steps)
 
 
+def test_training_goes_on_from_an_exported_model(trained, tmp_path):
+    """--init-from: the export's VAE becomes the work dir's VAE (no VAE steps), its UNet and text encoder start
+    the UNet stage, and the steps add up; a model of another config is refused with a clear message."""
+    import json
+
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from backend.models.toyworld.train import iter_log
+
+    source = trained[0] / "straight-model"
+    work, out = tmp_path / "work", tmp_path / "model"
+    assert _train(work, out, "--init-from", str(source), "--unet-steps", "0", "--stages", "vae,cache,unet,export") == 0
+    assert not [e for e in iter_log(work) if e["stage"] == "vae" and "loss" in e]
+    for name in ("vae", "unet"):
+        cls = AutoencoderKL if name == "vae" else UNet2DConditionModel
+        before, after = cls.from_pretrained(source / name).state_dict(), cls.from_pretrained(out / name).state_dict()
+        assert all(torch.equal(before[key], after[key]) for key in before), name
+    steps = json.loads((source / "toyworld.json").read_text())["unet_steps"]
+    assert json.loads((out / "toyworld.json").read_text())["unet_steps"] == steps
+    assert _train(work, out, "--init-from", str(source), "--unet-steps", "3", "--stages", "unet,export") == 0
+    assert json.loads((out / "toyworld.json").read_text())["unet_steps"] == steps + 3
+
+    with pytest.raises(SystemExit, match="another model config"):
+        _train(tmp_path / "other", out, "--init-from", str(source), "--image-size", "32", "--stages", "vae")
+
+
 def test_scenes_rendered_and_encoded_in_worker_processes_match_one_process():
     import torch
 
