@@ -1,6 +1,6 @@
 """The shipped toy-world model (resources/models/toyworld): what the app loads by default, measured on the world.
 
-Figures asserted here are regression guards below what the shipped weights reach (trained ~3.5 h on a 2-core CPU);
+Figures asserted here are regression guards below what the shipped weights reach (trained 12.5 min on a lent H200);
 the issue's targets and the full evaluation live in resources/models/toyworld/toyworld.json ("metrics").
 """
 
@@ -56,4 +56,18 @@ def test_its_vae_reconstructs_the_world_samples(toyworld):
             back = engine.decode_latents(latents)
         mse = np.mean((back.astype(np.float64) - image.astype(np.float64)) ** 2)
         scores.append(10 * np.log10(255.0**2 / mse))
-    assert np.mean(scores) >= 26.0, scores  # 29.03 dB on 64 held-out scenes when it was trained
+    assert np.mean(scores) >= 30.0, scores  # the issue's bar; 33.1 dB on these 8 samples, 33.0 held-out in training
+
+
+def test_it_draws_what_the_caption_names(toyworld):
+    """Generations from held-in captions (training scenes' captions, as the issue measures), judged by the world's
+    judge: most get the named colour and shape. 12 prompts at 20 steps: 8/12 colour and 7/12 shape when shipped;
+    an untrained or broken model gets next to none (the full 200-prompt figures: toyworld.json)."""
+    from backend.models.toyworld.evaluate import generate, held_in_scenes, judge_images
+    from backend.models.toyworld.world import caption
+
+    info = json.loads((toyworld_folder() / "toyworld.json").read_text())
+    scenes = held_in_scenes(info["seed"], info["scenes"], 1, 12)
+    images = generate(Engine(toyworld), [caption(scene) for scene in scenes], steps=20, guidance=5.0)
+    scores = judge_images(images, scenes)
+    assert scores["colour"] >= 0.5 and scores["shape"] >= 0.4, scores
