@@ -375,7 +375,7 @@ def test_a_time_budget_ends_stages_finished_with_the_learning_rate_decayed(train
     work = tmp_path / "work"
     shutil.copytree(trained[0] / "straight", work)
     (work / "unet_checkpoint.pt").unlink()
-    budget = ["--unet-steps", "100000", "--unet-minutes", "0.05", "--stages", "unet,export", "--lr", "1e-3"]
+    budget = ["--unet-steps", "100000", "--unet-minutes", "0.15", "--stages", "unet,export", "--lr", "1e-3"]
     assert _train(work, tmp_path / "model", *budget) == 0
     state = torch.load(work / "unet_checkpoint.pt", weights_only=True)
     steps = [e for e in iter_log(work) if e["stage"] == "unet" and "loss" in e]
@@ -384,6 +384,12 @@ def test_a_time_budget_ends_stages_finished_with_the_learning_rate_decayed(train
     assert (tmp_path / "model" / "unet").is_dir()
     assert _train(work, tmp_path / "model", *budget) == 0
     assert len([e for e in iter_log(work) if e["stage"] == "unet" and "loss" in e]) == len(steps)
+    # A budget shorter than the first steps (before the speed is known) still ends the stage on time, finished.
+    (work / "unet_checkpoint.pt").unlink()
+    short = ["--unet-steps", "100000", "--unet-minutes", "0.0003", "--stages", "unet,export"]
+    assert _train(work, tmp_path / "model", *short) == 0
+    state = torch.load(work / "unet_checkpoint.pt", weights_only=True)
+    assert state["step"] == state["total"] < 20
 
 
 def test_training_goes_on_from_an_exported_model(trained, tmp_path):

@@ -240,6 +240,9 @@ class StagePlan:
         left = self.minutes * 60 - (time.monotonic() - self.began)
         self.total = max(index + 1, min(self.limit, index + int(rate * left)))
 
+    def out_of_time(self) -> bool:
+        return bool(self.minutes) and time.monotonic() - self.began >= self.minutes * 60
+
     def marker(self) -> dict:
         """What a checkpoint records of the plan: the total when it ends the stage before its --*-steps (a time
         budget or a target reached), so a re-run sees the stage as finished; nothing otherwise, so asking for
@@ -467,6 +470,9 @@ class Trainer:
                 warm_at = time.monotonic()
             elif done > warm and (done - warm) % 10 == 0:
                 plan.refit(index, (done - warm) / max(time.monotonic() - warm_at, 1e-9))
+            if plan.out_of_time():  # steps slower than the budget allows even before the speed was measured
+                plan.total = index
+                break
             total = plan.total
             if self.budget.exhausted(done):
                 save(index)
