@@ -33,7 +33,7 @@ upper bounds), default config (VAE 5.3 M params, UNet 8.9 M, text encoder 1.9 M;
   through the app's engine: 3.3-4.1 s (aim: <= 10 s)
 => CPU training is impractical (hours for a blurry model, see shared/notes/toyworld-feasibility.md).
 
-Measured on one lent H200 (2026-12-04, torch 2.11 + CUDA 13, bf16 autocast; the shipped weights), with
+Measured on one lent H200 (2026-12-04, torch 2.11 + CUDA 13, bf16 autocast; where the shipped weights began), with
 `--workers 14` (scene rendering in 14 processes, UNet batches built in 14 processes):
 - VAE, batch 64 at 128 px: 16.5 steps/s; held-out PSNR 28.5 dB at step 1000, 33.0 dB at step 1750 (1 min 40 s),
   where --vae-target-psnr 33 ended the stage. Rendering its 16k scenes: 32 s.
@@ -60,14 +60,23 @@ in a later lent session (no checkpoint survives a lease), start from the export:
 (~1.5 min to cache, then at the measured 8 steps/s ~3900 more UNet steps in 8 min), and copy the exported
 folder to $OUT in pieces of at most 16 MiB (tar + split: files come back through the device tool only that small).
 
-Without a GPU (what the weights shipped before 2026-12-04 were trained with; `--preset cpu` keeps the UNet and
-text encoder and shrinks the VAE, whose full-size step costs ~10 s on 2 cores):
+Then on the 2-core CPU (~1 h, what is shipped now), going on from that export:
+    python -m backend train-toyworld --init-from resources/models/toyworld --work-dir toyworld-work/cpu-cont \
+        --output-dir toyworld-work/cpu-cont-export --workers 2 --scenes 8000 --unet-steps 200000 \
+        --unet-minutes 62 --batch-size 32 --lr 1e-4 --warmup 50 --ema-decay 0.999 --stages vae,cache,unet,export
+  (cache of 8000 scenes with the full VAE: 6.5 min; UNet 1.27 steps/s at batch 32: 4746 steps.) Judge on 200
+  held-in prompts per group, 3398 GPU steps -> + 4746 CPU steps: one-object colour 89 -> 95 %, colour + shape
+  70 -> 86 %; two objects both right 34.5 -> 65.5 %; attention IoU 0.46 -> 0.46 (held-out prompts: one-object
+  shape 69 -> 81 %, two objects 24 -> 61 %).
+
+Without a GPU from scratch (the weights shipped before 2026-12-04; `--preset cpu` keeps the UNet and text
+encoder and shrinks the VAE, whose full-size step costs ~10 s on 2 cores):
     python -m backend train-toyworld --preset cpu --work-dir toyworld-work/cpu --vae-steps 1400 --vae-batch 32 \
         --vae-crop 64 --vae-lr 5e-4 --vae-images 4000 --eval-every 250 --scenes 30000 --unet-steps 2500 \
         --batch-size 32 --lr 4e-4 --warmup 200 --ema-decay 0.999 --checkpoint-every 250 --max-minutes 75
   (VAE 0.8-1.2 steps/s alone; UNet ~1.4 s/step alone.) Over two sessions (~3.5 h, UNet 3588 steps at batch 32,
   decoder fine-tuned 2489 steps) it reached: one-object colour 81 %, colour + shape 24 % (held-out prompts); VAE
-  PSNR 28.0 dB; inversion 30.7 dB; attention IoU 0.38. The GPU run above passed all of these in 12 minutes.
+  PSNR 28.0 dB; inversion 30.7 dB; attention IoU 0.38.
 """
 
 from __future__ import annotations
