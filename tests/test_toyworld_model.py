@@ -1,7 +1,8 @@
 """The shipped toy-world model (resources/models/toyworld): what the app loads by default, measured on the world.
 
-Figures asserted here are regression guards below what the shipped weights reach (12.5 min on a lent H200, then ~1 h on a 2-core CPU);
-the issue's targets and the full evaluation live in resources/models/toyworld/toyworld.json ("metrics").
+Figures asserted here are regression guards below what the shipped weights reach (trained 12.5 min on a lent H200,
+then ~1 h on a 2-core CPU); the issue's targets and the full evaluation live in
+resources/models/toyworld/toyworld.json ("metrics").
 """
 
 from __future__ import annotations
