@@ -467,10 +467,10 @@ class Trainer:
         plan: StagePlan,
         step: Callable[[int], dict],
         save: Callable[[int], None],
-        finished: Callable[[dict], bool] | None = None,
+        reached: Callable[[dict], bool] | None = None,
     ) -> bool:
-        """Run steps start..plan.total-1 (or until `finished(metrics)`); checkpoint periodically and when the
-        budget ends the run early. True when the stage is complete."""
+        """Run steps start..plan.total-1 (or until `reached(metrics)`, a target); checkpoint periodically and when
+        the budget ends the run early. True when the stage is complete."""
         began = time.monotonic()
         warm, warm_at = min(20, max(1, plan.limit - start - 1)), began  # speed is measured after the warm-up
         done, index = 0, start
@@ -493,7 +493,7 @@ class Trainer:
                 save(index)  # this step never finished: resuming repeats it
                 log.info("%s: interrupted at step %d/%d, checkpoint saved; re-run to resume", stage, index, total)
                 raise
-            if finished is not None and finished(metrics):
+            if reached is not None and reached(metrics):
                 plan.total = index + 1
                 save(plan.total)
                 log.info("%s: target reached at step %d", stage, index + 1)
