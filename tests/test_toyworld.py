@@ -419,6 +419,38 @@ def test_training_goes_on_from_an_exported_model(trained, tmp_path):
         _train(tmp_path / "other", out, "--init-from", str(source), "--image-size", "32", "--stages", "vae")
 
 
+def test_a_latent_cache_of_another_scene_count_is_extended_or_cut_not_re_encoded(trained, tmp_path):
+    """Going from 24 to 40 scenes encodes only scenes 24..39 (the first 24 are the old cache's); going down to 10
+    takes the first 10 of the larger cache; both equal what encoding from scratch gives."""
+    import shutil
+
+    import torch
+
+    from backend.models.toyworld.dataset import cache_path, cached_counts, load_latents, save_latents
+    from backend.models.toyworld.train import Trainer, parse_args
+
+    work = tmp_path / "work"
+    shutil.copytree(trained[0] / "straight", work)
+    assert cached_counts(work, 3, 64) == [24]
+    marked = load_latents(cache_path(work, 3, 24, 64)) + 1  # a mark that re-encoding would lose
+    save_latents(cache_path(work, 3, 24, 64), marked, 1.0)
+    assert _train(work, tmp_path / "out", "--scenes", "40", "--stages", "vae,cache") == 0
+    grown = load_latents(cache_path(work, 3, 40, 64))
+    assert torch.equal(grown[:24], marked)  # kept, not re-encoded
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    shutil.copytree(work / "vae", fresh / "vae")
+    shutil.copy(work / "run.json", fresh / "run.json")
+    assert _train(fresh, tmp_path / "out2", "--scenes", "40", "--stages", "vae,cache") == 0
+    assert torch.allclose(load_latents(cache_path(fresh, 3, 40, 64))[24:].float(), grown[24:].float(), atol=2e-3)
+
+    argv = ["--preset", "tiny", "--work-dir", str(work), "--output-dir", str(tmp_path / "out"), "--seed", "3"]
+    cut = Trainer(parse_args([*argv, "--scenes", "10"])).latent_cache(None)  # no VAE needed to cut
+    assert torch.equal(cut, grown[:10])
+    assert cached_counts(work, 3, 64) == [24, 40]
+
+
 def test_scenes_rendered_and_encoded_in_worker_processes_match_one_process():
     import torch
 

@@ -76,24 +76,36 @@ def encode_latents(
     batch_size: int = 256,
     workers: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    start: int = 0,
 ) -> torch.Tensor:
-    """Posterior means (count, C, size/8, size/8) of scenes 0..count-1 of `seed`, unscaled, float16 on the CPU."""
+    """Posterior means (count, C, size/8, size/8) of scenes start..start+count-1 of `seed`, unscaled, float16 on
+    the CPU."""
     device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
     parts = []
     block = max(batch_size, _CHUNK * max(workers, 1) * 2)  # render a few chunks per worker at a time
     with render_pool(workers) as pool:
-        for start in range(0, count, block):
-            images = render_images(seed, min(block, count - start), size, start=start, pool=pool)
+        for first in range(start, start + count, block):
+            images = render_images(seed, min(block, start + count - first), size, start=first, pool=pool)
             for offset in range(0, len(images), batch_size):
                 pixels = to_pixels(images[offset : offset + batch_size], device).to(dtype)
                 parts.append(vae.encode(pixels).latent_dist.mean.float().half().cpu())
             if progress is not None:
-                progress(min(start + block, count), count)
+                progress(min(first + block, start + count) - start, count)
     return torch.cat(parts)
 
 
 def cache_path(work_dir: Path, seed: int, count: int, size: int) -> Path:
     return Path(work_dir) / f"latents_{size}px_{count}_seed{seed}.safetensors"
+
+
+def cached_counts(work_dir: Path, seed: int, size: int) -> list[int]:
+    """Scene counts of the finished latent caches of (seed, size) in `work_dir`, ascending."""
+    counts = []
+    for path in Path(work_dir).glob(f"latents_{size}px_*_seed{seed}.safetensors"):
+        middle = path.name[len(f"latents_{size}px_") : -len(f"_seed{seed}.safetensors")]
+        if middle.isdigit() and cache_path(work_dir, seed, int(middle), size) == path:
+            counts.append(int(middle))
+    return sorted(counts)
 
 
 def save_latents(path: Path, latents: torch.Tensor, scaling_factor: float) -> None:

@@ -7,7 +7,8 @@ Stages (each resumable; finished stages are skipped on a re-run with the same wo
 1b. decoder - optional (--decoder-steps): the VAE's decoder fine-tuned on whole images with the encoder frozen
           (SD's ft-MSE recipe), so the latent space - hence the cache and a UNet already trained on it - stays
           valid while reconstructions sharpen; export and evaluate then use it (<work>/vae_decoder).
-2. cache - a large fixed set of scenes encoded once to latents (<work>/latents_*.safetensors).
+2. cache - a large fixed set of scenes encoded once to latents (<work>/latents_*.safetensors); a cache of
+          another --scenes in the work dir is cut (fewer) or extended by the missing scenes only (more).
 3. UNet - UNet2DConditionModel + CLIP text encoder trained jointly on the cached latents: AdamW, linear warm-up
           then cosine decay, EMA weights, min-SNR-gamma loss weighting (Hang et al. 2023), CFG dropout 0.1,
           bf16 autocast on CUDA, gradient clipping; plus TokenCompose's grounding loss (grounding.py): each
@@ -106,6 +107,7 @@ from backend.models.toyworld import config as model_config
 from backend.models.toyworld.dataset import (
     LatentCaptionDataset,
     cache_path,
+    cached_counts,
     encode_latents,
     load_latents,
     render_images,
@@ -686,14 +688,27 @@ class Trainer:
         path = cache_path(self.work, args.seed, args.scenes, size)
         if path.is_file():
             return load_latents(path)
+        # Scene i of a cache is the same scene whatever the count, so a cache of this work dir (same seed, size
+        # and VAE) serves another count: a larger one is cut, a smaller one is extended.
+        counts = cached_counts(self.work, args.seed, size)
+        larger = [n for n in counts if n > args.scenes]
+        if larger:
+            log.info("cache: the first %d scenes of the %d-scene cache", args.scenes, larger[0])
+            return load_latents(cache_path(self.work, args.seed, larger[0], size))[: args.scenes].clone()
+        have = load_latents(cache_path(self.work, args.seed, counts[-1], size)) if counts else None
+        done = 0 if have is None else len(have)
         if vae is None:
             raise SystemExit("the latent cache needs the trained VAE: run the vae stage first")
-        log.info("cache: rendering and encoding %d scenes at %d px", args.scenes, size)
+        log.info("cache: rendering and encoding scenes %d..%d at %d px", done, args.scenes - 1, size)
 
-        def progress(done: int, total: int) -> None:
-            log.info("cache: %d/%d scenes encoded", done, total)
+        def progress(encoded: int, total: int) -> None:
+            log.info("cache: %d/%d scenes encoded", done + encoded, args.scenes)
 
-        latents = encode_latents(vae, args.seed, args.scenes, size, workers=args.workers, progress=progress)
+        latents = encode_latents(
+            vae, args.seed, args.scenes - done, size, workers=args.workers, progress=progress, start=done
+        )
+        if have is not None:
+            latents = torch.cat([have, latents])
         save_latents(path, latents, float(vae.config.scaling_factor))
         return latents
 
