@@ -91,14 +91,16 @@ def sdedit(engine: Engine, request: EditRequest, report) -> MethodResult:
     size = working.shape[:2]
     cond = engine.encode_prompts([request.target_prompt], size=size)
     uncond = engine.encode_prompts([request.negative_prompt], size=size)
-    # 2. Start at t0 = strength * T: z_t0 = sqrt(a) z_0 + sqrt(1 - a) eps
+    # 2. Start at t0 = strength * T: z_t0 = sqrt(a) z_0 + sqrt(1 - a) eps (pure eps at strength 1)
     scheduler = make_scheduler(engine, p["steps"])
     first = min(int(round(p["steps"] * (1.0 - p["strength"]))), p["steps"])
     timesteps = scheduler.timesteps[first:]
     if len(timesteps) == 0:
         return MethodResult(request.image.copy(), {"note": "strength 0 keeps the image unchanged"})
     noise = engine.randn(tuple(latents.shape), request.seed)
-    start = scheduler.add_noise(latents, noise, timesteps[:1])
+    # At strength 1 start from pure noise, as generation does: the first DDIM timestep (951 of 1000 at 20 steps)
+    # still carries sqrt(a) ~ 0.09 of z_0, enough for the model to keep a flat region's colour.
+    start = noise * scheduler.init_noise_sigma if first == 0 else scheduler.add_noise(latents, noise, timesteps[:1])
     # 3. Denoise towards the prompt; outside the mask, put back z_0 noised to the current level each step
     hook = None
     if mask is not None:
