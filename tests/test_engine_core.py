@@ -157,3 +157,12 @@ def test_encode_decode_shapes_and_range(engine, scene):
     assert latents.shape == (1, 4, 8, 8)
     image = engine.decode_latents(latents)
     assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+
+
+def test_latent_mask_frees_every_cell_the_pixel_mask_touches_whatever_its_dtype(engine):
+    mask = np.zeros((64, 64), np.uint8)
+    mask[9:11, 17:40] = 255  # a 2-pixel line: no 8x8 cell is mostly inside it
+    for given in (mask, mask > 0, mask.astype(np.float32) / 255):
+        small = engine.mask_to_latent(given)[0, 0].cpu().numpy()
+        assert small.shape == (8, 8) and small.max() == 1.0
+        assert set(zip(*np.nonzero(small))) == {(1, x) for x in range(2, 5)}

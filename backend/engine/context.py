@@ -97,7 +97,8 @@ class Engine:
         re-noised z_0 in them kept its old colour however the prompt read. The pixel composite after decoding puts
         back what lies outside the mask.)"""
         factor = self.bundle.vae_scale_factor
-        pixels = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+        values = np.asarray(mask, dtype=np.float32) / (255.0 if mask.dtype == np.uint8 else 1.0)  # bool, uint8, float
+        pixels = torch.from_numpy(np.ascontiguousarray(values))[None, None]
         small = torch.nn.functional.max_pool2d(pixels, factor, stride=factor)
         return small.to(self.device, self.dtype)
 
