@@ -134,9 +134,11 @@ def _encode(engine: Engine, images: np.ndarray) -> torch.Tensor:
 
 def inversion_and_attention(engine: Engine, count: int = 20, steps: int = 50) -> dict:
     """DDIM-invert renders with their captions (no CFG), regenerate them while recording the cross-attention of
-    up_blocks.1/2, and measure reconstruction PSNR and the IoU of the shape word's map with the true mask."""
+    up_blocks.1/2, and measure reconstruction PSNR and the IoU of the shape word's map with the true mask; with
+    the IoU, the map's precision (share of the thresholded map on the object) and recall (share of the object the
+    thresholded map covers): low recall with high precision is a map peaked inside its object."""
     layers = attention_layers(engine.unet, "cross", blocks=("up_blocks.1", "up_blocks.2"))
-    psnrs, ious = [], []
+    psnrs, ious, precisions, recalls = [], [], [], []
     for index in range(count):
         scene = scene_for_seed(HELD_OUT_SEED + 3, index, n_objects=1)
         image, masks = render(scene, engine.bundle.default_size)
@@ -150,8 +152,17 @@ def inversion_and_attention(engine: Engine, count: int = 20, steps: int = 50) ->
             latents = denoise(engine, trajectory[-1], scheduler, scheduler.timesteps, predict)
         psnrs.append(psnr(decode(engine, latents)[0], image))
         token = token_indices(engine.bundle, prompt, scene.objects[0].shape)[0]
-        ious.append(mask_iou(word_map(store, layers, token, image.shape[0]) >= 0.5, masks[0]))
-    return {"inversion_psnr": float(np.mean(psnrs)), "cross_attention_iou": float(np.mean(ious))}
+        found, truth = word_map(store, layers, token, image.shape[0]) >= 0.5, masks[0] > 0.5
+        ious.append(mask_iou(found, truth))
+        overlap = float((found & truth).sum())
+        precisions.append(overlap / max(int(found.sum()), 1))
+        recalls.append(overlap / max(int(truth.sum()), 1))
+    return {
+        "inversion_psnr": float(np.mean(psnrs)),
+        "cross_attention_iou": float(np.mean(ious)),
+        "cross_attention_precision": float(np.mean(precisions)),
+        "cross_attention_recall": float(np.mean(recalls)),
+    }
 
 
 def word_map(store: AttentionStore, layers: list[str], token: int, size: int) -> np.ndarray:
