@@ -1,7 +1,7 @@
 """The shipped toy-world model (resources/models/toyworld): what the app loads by default, measured on the world.
 
 Figures asserted here are regression guards below what the shipped weights reach (trained 12.5 min on a lent H200,
-then ~1 h on a 2-core CPU); the issue's targets and the full evaluation live in
+then ~4 h on a 2-core CPU); the issue's targets and the full evaluation live in
 resources/models/toyworld/toyworld.json ("metrics").
 """
 
@@ -19,6 +19,8 @@ from backend.models import load_model
 from backend.models.registry import resolve, toyworld_folder
 from backend.paths import resource_path
 from backend.protocol import DEFAULT_MODEL
+
+IOU_GUARD = 0.55  # shipped weights: 0.69 on these 6 scenes (0.68 on the evaluation's 20); the previous ones 0.46
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +74,16 @@ def test_it_draws_what_the_caption_names(toyworld):
     images = generate(Engine(toyworld), [caption(scene) for scene in scenes], steps=20, guidance=5.0)
     scores = judge_images(images, scenes)
     assert scores["colour"] >= 0.75 and scores["shape"] >= 0.6, scores
+
+
+def test_a_shape_words_cross_attention_lies_on_its_object(toyworld):
+    """What MDE-Edit and pix2pix-zero read: invert a world render with its caption, regenerate it, and the shape
+    word's cross-attention (up_blocks.1/2, averaged over the steps, thresholded at half its maximum) covers the
+    object and little else, and the regeneration matches the render. The issue's IoU bar is 0.5 (20 scenes:
+    toyworld.json); a model without grounding got 0.08."""
+    from backend.models.toyworld.evaluate import inversion_and_attention
+
+    result = inversion_and_attention(Engine(toyworld), count=6, steps=50)
+    assert result["cross_attention_iou"] >= IOU_GUARD, result
+    assert result["cross_attention_precision"] >= 0.6 and result["cross_attention_recall"] >= 0.5, result
+    assert result["inversion_psnr"] >= 27.0, result

@@ -12,6 +12,12 @@ Supervision") adds two terms on the cross-attention maps of the object tokens, u
 TokenCompose had to obtain masks with Grounded-SAM; the toy world gives them exactly. Every word of an object's
 phrase (size, colour, fill, shape: "a big red striped circle") is supervised with that object's mask; the
 other tokens (start/end, relations, background words) are left free, as in the paper.
+
+The two terms do different work. The token loss is satisfied by a map *anywhere inside* the mask, however peaked;
+the pixel loss, whose gradient -1/A_u is largest where the map is weakest inside the mask, flattens the map over
+the whole object. With the pixel term at a tenth of the token term the shipped model's shape-word maps sat on their
+objects (precision 0.85 after thresholding at half the maximum) but covered half of them (recall 0.45, IoU 0.43);
+20 minutes of CPU training with the two terms equal (0.02 each) made that precision 0.80, recall 0.76, IoU 0.65.
 """
 
 from __future__ import annotations
