@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from diffusers import DDIMScheduler
 
+from backend.engine.attention import AttentionController
 from backend.engine.cache import inversion_key
 from backend.engine.conditioning import Conditioning
 from backend.engine.context import Engine
@@ -40,14 +41,21 @@ def ddim_invert(
     uncond: Conditioning | None = None,
     guidance_scale: float = 1.0,
     stage: str = "inverting",
+    controller: AttentionController | None = None,
 ) -> list[torch.Tensor]:
-    """Trajectory [z_0, z_{t_1}, …, z_T] (len steps + 1); trajectory[-1 - i] pairs with scheduler.timesteps[i]."""
+    """Trajectory [z_0, z_{t_1}, …, z_T] (len steps + 1); trajectory[-1 - i] pairs with scheduler.timesteps[i].
+
+    With a `controller`, its step is set before each UNet call to the index of the *sampling* step that uses the
+    same timestep (steps - 1 - inversion index), so whatever attention rules record here (a memory bank's K/V) is
+    found under the step that will read it."""
     scheduler = make_scheduler(engine, steps)
     ratio = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
     trajectory = [latents]
     ascending = scheduler.timesteps.flip(0)
     for index, t in enumerate(ascending):
         engine.report.check_cancel()
+        if controller is not None:
+            controller.step = steps - 1 - index
         eps = predict_noise(engine, latents, t, cond, uncond, guidance_scale)
         latents = ddim_step_between(scheduler, latents, eps, int(t) - ratio, int(t))
         trajectory.append(latents)
