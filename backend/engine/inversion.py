@@ -17,7 +17,7 @@ from backend.engine.context import Engine
 from backend.engine.sampling import make_scheduler, predict_noise
 
 
-def _alpha(scheduler: DDIMScheduler, t: int) -> torch.Tensor:
+def alpha_at(scheduler: DDIMScheduler, t: int) -> torch.Tensor:
     """a_t = prod(1 - beta); before the first timestep DDIM uses `final_alpha_cumprod` (as scheduler.step does)."""
     return scheduler.alphas_cumprod[t] if t >= 0 else scheduler.final_alpha_cumprod
 
@@ -26,8 +26,8 @@ def ddim_step_between(
     scheduler: DDIMScheduler, sample: torch.Tensor, eps: torch.Tensor, t_from: int, t_to: int
 ) -> torch.Tensor:
     """Move `sample` from timestep t_from to t_to along the deterministic DDIM path, in either direction."""
-    alpha_from = _alpha(scheduler, t_from).to(sample.device, torch.float32)
-    alpha_to = _alpha(scheduler, t_to).to(sample.device, torch.float32)
+    alpha_from = alpha_at(scheduler, t_from).to(sample.device, torch.float32)
+    alpha_to = alpha_at(scheduler, t_to).to(sample.device, torch.float32)
     x0 = (sample.float() - (1 - alpha_from).sqrt() * eps.float()) / alpha_from.sqrt()
     return (alpha_to.sqrt() * x0 + (1 - alpha_to).sqrt() * eps.float()).to(sample.dtype)
 
