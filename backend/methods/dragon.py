@@ -21,15 +21,25 @@ n = 30 of 50 steps; the DDIM update then takes x0 from the guided noise and the 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
 
+from backend.engine.conditioning import Conditioning
+from backend.engine.context import Engine
+from backend.engine.features import FeatureTap
 from backend.engine.inversion import alpha_at
 
 ALPHA = 1.0
 BETA = 4.0
 INPAINT_WEIGHT = 2.5  # w_i of Eq. 9
+# Sec. 3.4.2: the 2nd and 3rd decoder blocks (semantic and geometric correspondence), guidance averaged over both.
+FEATURE_BLOCKS = (1, 2)
+
+EnergyFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(F_gen, F_gud) at one scale, both (B, C, h, w) -> scalar energy; masks are resized with `mask_at`."""
 
 
 def masked_features(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -94,3 +104,45 @@ def guided_ddim_step(
     alpha_prev = alpha_at(scheduler, int(t_prev)).to(latents.device, torch.float32)
     x0 = (latents.float() - (1 - alpha).sqrt() * eps_guided.float()) / alpha.sqrt()
     return (alpha_prev.sqrt() * x0 + (1 - alpha_prev).sqrt() * eps.float()).to(latents.dtype)
+
+
+def mask_at(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """An (H, W) mask on a feature grid of `size`: nearest-neighbour resize, then > 0.5 (as the official code)."""
+    grid = F.interpolate(mask.float()[None, None], size=size, mode="nearest")[0, 0]
+    return grid > 0.5
+
+
+def decoder_features(
+    engine: Engine,
+    latents: torch.Tensor,
+    t: torch.Tensor | int,
+    cond: Conditioning,
+    *,
+    requires_grad: bool,
+    blocks: Sequence[int] = FEATURE_BLOCKS,
+) -> dict[int, torch.Tensor]:
+    """Outputs of the given decoder blocks for z_t, from a UNet pass cut after the last of them (the official
+    code's "estimator", here the same UNet with a hook). Conditional prompt only, no CFG, as in the paper."""
+    tap = FeatureTap(engine.unet, blocks, detach=not requires_grad, truncate=True)
+    with torch.set_grad_enabled(requires_grad):
+        return dict(tap.run(latents, t, **cond.unet_kwargs()))
+
+
+def guidance_gradient(
+    engine: Engine,
+    latents: torch.Tensor,
+    guide_latents: torch.Tensor,
+    t: torch.Tensor | int,
+    cond: Conditioning,
+    energy_at_scale: EnergyFunction,
+    blocks: Sequence[int] = FEATURE_BLOCKS,
+) -> tuple[torch.Tensor, float]:
+    """dE/dz_t^gen and E, with E the mean over the feature scales of `energy_at_scale(F_gen, F_gud)`: F_gen from
+    the current latents (with gradient), F_gud from the memory bank's latents of the same step (without)."""
+    guide = decoder_features(engine, guide_latents, t, cond, requires_grad=False, blocks=blocks)
+    current_latents = latents.detach().requires_grad_(True)
+    with torch.enable_grad():
+        current = decoder_features(engine, current_latents, t, cond, requires_grad=True, blocks=blocks)
+        total = sum(energy_at_scale(current[b].float(), guide[b].float()) for b in blocks) / len(blocks)
+        (gradient,) = torch.autograd.grad(total, current_latents)
+    return gradient, float(total.detach())
