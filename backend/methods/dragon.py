@@ -22,15 +22,19 @@ n = 30 of 50 steps; the DDIM update then takes x0 from the guided noise and the 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
 
+from backend.engine.attention import AttentionController, ReplaceKV
 from backend.engine.conditioning import Conditioning
 from backend.engine.context import Engine
 from backend.engine.features import FeatureTap
 from backend.engine.inversion import alpha_at
+from backend.engine.memory_bank import MemoryBank
+from backend.engine.sampling import make_scheduler, predict_noise
 
 ALPHA = 1.0
 BETA = 4.0
@@ -146,3 +150,133 @@ def guidance_gradient(
         total = sum(energy_at_scale(current[b].float(), guide[b].float()) for b in blocks) / len(blocks)
         (gradient,) = torch.autograd.grad(total, current_latents)
     return gradient, float(total.detach())
+
+
+# --- object moving (Sec. 3.4.3) -------------------------------------------------------------------------------
+
+
+def shift(tensor: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Shift the last two axes by (dy, dx), filling with zeros: what leaves the frame is gone (no wrap-around)."""
+    out = torch.zeros_like(tensor)
+    height, width = tensor.shape[-2:]
+    if abs(dy) >= height or abs(dx) >= width:
+        return out
+    src_y, dst_y = slice(max(-dy, 0), height - max(dy, 0)), slice(max(dy, 0), height - max(-dy, 0))
+    src_x, dst_x = slice(max(-dx, 0), width - max(dx, 0)), slice(max(dx, 0), width - max(-dx, 0))
+    out[..., dst_y, dst_x] = tensor[..., src_y, src_x]
+    return out
+
+
+@dataclass(frozen=True)
+class MoveMasks:
+    """The regions of a move, all (H, W) bool at one resolution (Sec. 3.4.3, "Object moving"):
+    gud - where the object is (m_gud; the part whose new place is still inside the image),
+    gen - where it goes (m_gen = m_gud shifted by (dy, dx)),
+    share - neither: must not change (m_share = C(m_gen u object)),
+    inpaint - the vacated place (m_ipt = object minus m_gen),
+    reference - what the vacated place should look like (m_ref; the user's region, default m_share)."""
+
+    object: torch.Tensor
+    dy: int
+    dx: int
+    user_reference: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if not self.object.any():
+            raise ValueError("the object mask is empty (or too small for this resolution)")
+        if not shift(self.object.bool(), self.dy, self.dx).any():
+            raise ValueError("the move takes the object entirely out of the image")
+
+    @property
+    def gen(self) -> torch.Tensor:
+        return shift(self.object.bool(), self.dy, self.dx)
+
+    @property
+    def gud(self) -> torch.Tensor:
+        return shift(self.gen, -self.dy, -self.dx)
+
+    @property
+    def share(self) -> torch.Tensor:
+        return ~(self.object.bool() | self.gen)
+
+    @property
+    def inpaint(self) -> torch.Tensor:
+        return self.object.bool() & ~self.gen
+
+    @property
+    def reference(self) -> torch.Tensor:
+        return self.share if self.user_reference is None else self.user_reference.bool()
+
+    def at(self, size: tuple[int, int]) -> MoveMasks:
+        """The move on a coarser grid (masks nearest-resized, the vector scaled and rounded), so that m_gen is
+        still m_gud shifted and the two pair point for point."""
+        scale_y, scale_x = size[0] / self.object.shape[-2], size[1] / self.object.shape[-1]
+        reference = None if self.user_reference is None else mask_at(self.user_reference, size)
+        return MoveMasks(mask_at(self.object, size), round(self.dy * scale_y), round(self.dx * scale_x), reference)
+
+
+def move_energy(masks: MoveMasks, w_edit: float, w_content: float, w_opt: float) -> EnergyFunction:
+    """Eq. 7 for moving: w_e E_edit (the object's features at the new place, Eq. 3 + 5) + w_c E_content (Eq. 6
+    over m_share) + w_o E_opt (Eq. 9 over the vacated place)."""
+
+    def at_scale(gen: torch.Tensor, gud: torch.Tensor) -> torch.Tensor:
+        grid = masks.at(tuple(gen.shape[-2:]))
+        total = w_edit * energy(s_local(gen, grid.gen, gud, grid.gud))
+        if grid.share.any():
+            total = total + w_content * energy(s_local(gen, grid.share, gud, grid.share))
+        if w_opt and grid.inpaint.any() and grid.reference.any():
+            total = total + w_opt * move_inpaint_energy(gen, gud, grid.inpaint, grid.reference)
+        return total
+
+    return at_scale
+
+
+def moved_start(z_T: torch.Tensor, masks: MoveMasks) -> torch.Tensor:
+    """The move's z_T: the inverted noise with the object's own cells pasted at its new place (the official code's
+    initialisation; the guidance does the rest)."""
+    grid = masks.at(tuple(z_T.shape[-2:]))
+    return torch.where(grid.gen.to(z_T.device), shift(z_T, grid.dy, grid.dx), z_T)
+
+
+def guided_sampling(
+    engine: Engine,
+    bank: MemoryBank,
+    start: torch.Tensor,
+    cond: Conditioning,
+    uncond: Conditioning | None,
+    guidance_scale: float,
+    energy_at_scale: EnergyFunction,
+    step_size: float,
+    guided_steps: int,
+    visual_attention_from: int | None,
+) -> torch.Tensor:
+    """Sec. 3.4-3.5: DDIM from `start` with CFG; in the first `guided_steps` steps the noise gets step_size x
+    dE/dz_t (features against the bank's latent of the same step) and the update takes x0 from it
+    (`guided_ddim_step`); from step `visual_attention_from` on (None = never) the decoder self-attention reads
+    the bank's K/V instead of its own (visual cross-attention)."""
+    steps = bank.steps
+    scheduler = make_scheduler(engine, steps)
+    ratio = scheduler.config.num_train_timesteps // steps
+    controller = AttentionController(engine.unet)
+    rules = {}
+    if visual_attention_from is not None:
+        rules = {layer: ReplaceKV(bank.kv, steps=range(visual_attention_from, steps)) for layer in bank.layers}
+    latents = start
+    with controller.installed(rules):
+        for step, t in enumerate(scheduler.timesteps):
+            engine.report.check_cancel()
+            controller.step = step
+            with torch.no_grad():
+                eps = predict_noise(engine, latents, t, cond, uncond, guidance_scale)
+            guided = eps
+            if step < guided_steps and step_size:
+                # The guidance branch runs without the bank's K/V: it compares this latent's own features.
+                controller.step = -1
+                gradient, _ = guidance_gradient(engine, latents, bank.latent(step), t, cond, energy_at_scale)
+                guided = eps + step_size * gradient
+            alpha = alpha_at(scheduler, int(t)).to(latents.device, torch.float32)
+            x0 = (latents.float() - (1 - alpha).sqrt() * guided.float()) / alpha.sqrt()
+            latents = guided_ddim_step(scheduler, latents, eps, guided, int(t), int(t) - ratio)
+            engine.report.progress(step + 1, steps, "editing")
+            engine.preview(step + 1, steps, x0.to(latents.dtype))
+    return latents
