@@ -34,7 +34,7 @@ from backend.engine.context import Engine
 from backend.engine.features import FeatureTap
 from backend.engine.inversion import alpha_at
 from backend.engine.memory_bank import MemoryBank
-from backend.engine.sampling import make_scheduler, predict_noise
+from backend.engine.sampling import make_scheduler, predict_noise, predicted_x0
 
 ALPHA = 1.0
 BETA = 4.0
@@ -274,9 +274,8 @@ def guided_sampling(
                 controller.step = -1
                 gradient, _ = guidance_gradient(engine, latents, bank.latent(step), t, cond, energy_at_scale)
                 guided = eps + step_size * gradient
-            alpha = alpha_at(scheduler, int(t)).to(latents.device, torch.float32)
-            x0 = (latents.float() - (1 - alpha).sqrt() * guided.float()) / alpha.sqrt()
+            x0 = predicted_x0(scheduler, latents, guided, t)
             latents = guided_ddim_step(scheduler, latents, eps, guided, int(t), int(t) - ratio)
             engine.report.progress(step + 1, steps, "editing")
-            engine.preview(step + 1, steps, x0.to(latents.dtype))
+            engine.preview(step + 1, steps, x0)
     return latents
