@@ -132,24 +132,37 @@ def decoder_features(
         return dict(tap.run(latents, t, **cond.unet_kwargs()))
 
 
+GuidanceTerm = tuple[EnergyFunction, torch.Tensor | None]
+"""An energy and the latent cells its gradient may change ((h, w) bool; None = all): the official code lets the
+edit energies move the edited region and the content energy everything else."""
+
+
 def guidance_gradient(
     engine: Engine,
     latents: torch.Tensor,
     guide_latents: torch.Tensor,
     t: torch.Tensor | int,
     cond: Conditioning,
-    energy_at_scale: EnergyFunction,
+    energy_at_scale: EnergyFunction | Sequence[GuidanceTerm],
     blocks: Sequence[int] = FEATURE_BLOCKS,
 ) -> tuple[torch.Tensor, float]:
     """dE/dz_t^gen and E, with E the mean over the feature scales of `energy_at_scale(F_gen, F_gud)`: F_gen from
-    the current latents (with gradient), F_gud from the memory bank's latents of the same step (without)."""
+    the current latents (with gradient), F_gud from the memory bank's latents of the same step (without). With
+    several terms, each one's gradient is kept to its region and the gradients are summed (one UNet pass)."""
+    terms = [(energy_at_scale, None)] if callable(energy_at_scale) else list(energy_at_scale)
     guide = decoder_features(engine, guide_latents, t, cond, requires_grad=False, blocks=blocks)
     current_latents = latents.detach().requires_grad_(True)
+    gradient, total = torch.zeros_like(latents, dtype=torch.float32), 0.0
     with torch.enable_grad():
         current = decoder_features(engine, current_latents, t, cond, requires_grad=True, blocks=blocks)
-        total = sum(energy_at_scale(current[b].float(), guide[b].float()) for b in blocks) / len(blocks)
-        (gradient,) = torch.autograd.grad(total, current_latents)
-    return gradient, float(total.detach())
+        for index, (term, region) in enumerate(terms):
+            value = sum(term(current[b].float(), guide[b].float()) for b in blocks) / len(blocks)
+            if not value.requires_grad:  # a term with nothing to compare (e.g. no vacated region)
+                continue
+            (part,) = torch.autograd.grad(value, current_latents, retain_graph=index < len(terms) - 1)
+            gradient += part.float() if region is None else part.float() * region.to(part.device)
+            total += float(value.detach())
+    return gradient.to(latents.dtype), total
 
 
 # --- object moving (Sec. 3.4.3) -------------------------------------------------------------------------------
@@ -218,17 +231,40 @@ class MoveMasks:
 def move_energy(masks: MoveMasks, w_edit: float, w_content: float, w_opt: float) -> EnergyFunction:
     """Eq. 7 for moving: w_e E_edit (the object's features at the new place, Eq. 3 + 5) + w_c E_content (Eq. 6
     over m_share) + w_o E_opt (Eq. 9 over the vacated place)."""
+    edit, content = _move_terms(masks, w_edit, w_content, w_opt)
 
     def at_scale(gen: torch.Tensor, gud: torch.Tensor) -> torch.Tensor:
+        return edit(gen, gud) + content(gen, gud)
+
+    return at_scale
+
+
+def move_guidance(
+    masks: MoveMasks, w_edit: float, w_content: float, w_opt: float, latent_size: tuple[int, int]
+) -> list[GuidanceTerm]:
+    """Eq. 7 for moving as two guidance terms, as the official code applies them: the edit energies (E_edit +
+    E_opt) move only the latent cells the object touches, old or new place; the content energy the others."""
+    edit, content = _move_terms(masks, w_edit, w_content, w_opt)
+    touched = (masks.object.bool() | masks.gen).float()[None, None]
+    region = F.adaptive_max_pool2d(touched, latent_size)[0, 0] > 0
+    return [(edit, region), (content, ~region)]
+
+
+def _move_terms(masks: MoveMasks, w_edit: float, w_content: float, w_opt: float) -> tuple[EnergyFunction, ...]:
+    def edit(gen: torch.Tensor, gud: torch.Tensor) -> torch.Tensor:
         grid = masks.at(tuple(gen.shape[-2:]))
         total = w_edit * energy(s_local(gen, grid.gen, gud, grid.gud))
-        if grid.share.any():
-            total = total + w_content * energy(s_local(gen, grid.share, gud, grid.share))
         if w_opt and grid.inpaint.any() and grid.reference.any():
             total = total + w_opt * move_inpaint_energy(gen, gud, grid.inpaint, grid.reference)
         return total
 
-    return at_scale
+    def content(gen: torch.Tensor, gud: torch.Tensor) -> torch.Tensor:
+        grid = masks.at(tuple(gen.shape[-2:]))
+        if not grid.share.any():
+            return gen.new_zeros(())
+        return w_content * energy(s_local(gen, grid.share, gud, grid.share))
+
+    return edit, content
 
 
 def moved_start(z_T: torch.Tensor, masks: MoveMasks) -> torch.Tensor:
@@ -245,7 +281,7 @@ def guided_sampling(
     cond: Conditioning,
     uncond: Conditioning | None,
     guidance_scale: float,
-    energy_at_scale: EnergyFunction,
+    energy_at_scale: EnergyFunction | Sequence[GuidanceTerm],
     step_size: float,
     guided_steps: int,
     visual_attention_from: int | None,
