@@ -251,18 +251,29 @@ def move_guidance(
 
 
 def _move_terms(masks: MoveMasks, w_edit: float, w_content: float, w_opt: float) -> tuple[EnergyFunction, ...]:
+    grids: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+
+    def at(features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The move's masks on this feature grid, computed once per grid size, not at every step and term."""
+        size = tuple(features.shape[-2:])
+        if size not in grids:
+            grid = masks.at(size)
+            names = ("gen", "gud", "share", "inpaint", "reference")
+            grids[size] = {name: getattr(grid, name).to(features.device) for name in names}
+        return grids[size]
+
     def edit(gen: torch.Tensor, gud: torch.Tensor) -> torch.Tensor:
-        grid = masks.at(tuple(gen.shape[-2:]))
-        total = w_edit * energy(s_local(gen, grid.gen, gud, grid.gud))
-        if w_opt and grid.inpaint.any() and grid.reference.any():
-            total = total + w_opt * move_inpaint_energy(gen, gud, grid.inpaint, grid.reference)
+        grid = at(gen)
+        total = w_edit * energy(s_local(gen, grid["gen"], gud, grid["gud"]))
+        if w_opt and grid["inpaint"].any() and grid["reference"].any():
+            total = total + w_opt * move_inpaint_energy(gen, gud, grid["inpaint"], grid["reference"])
         return total
 
     def content(gen: torch.Tensor, gud: torch.Tensor) -> torch.Tensor:
-        grid = masks.at(tuple(gen.shape[-2:]))
-        if not grid.share.any():
+        grid = at(gen)
+        if not grid["share"].any():
             return gen.new_zeros(())
-        return w_content * energy(s_local(gen, grid.share, gud, grid.share))
+        return w_content * energy(s_local(gen, grid["share"], gud, grid["share"]))
 
     return edit, content
 
