@@ -132,7 +132,7 @@ def validate_params(specs: list[ParamSpec] | tuple[ParamSpec, ...], params: dict
 # --- method descriptions -----------------------------------------------------------------------------------
 
 # Inputs a method can declare. Mask roles are written "mask:<role>", e.g. "mask:object", "mask:keep".
-INPUT_KINDS = ("image", "points", "reference", "source_prompt", "target_prompt", "object_prompts")
+INPUT_KINDS = ("image", "points", "move", "reference", "source_prompt", "target_prompt", "object_prompts")
 
 
 @dataclass(frozen=True)
@@ -226,6 +226,9 @@ class EditRequest:
     # Where the user placed the reference on the image: (x, y) of its top-left corner in image pixels and the scale
     # from reference pixels to image pixels (paste and appearance-transfer methods put it there); None = not placed.
     reference_placement: tuple[float, float, float] | None = None
+    # A region move (DragonDiffusion move / resize): (dx, dy) in image pixels and a scale about the region's centre;
+    # the region is the request's "object" mask. None = no move.
+    move: tuple[float, float, float] | None = None
     source_prompt: str = ""
     target_prompt: str = ""
     negative_prompt: str = ""
@@ -245,6 +248,7 @@ class EditRequest:
             "reference_image": encode_array(self.reference_image),
             "reference_mask": encode_array(self.reference_mask),
             "reference_placement": None if self.reference_placement is None else list(self.reference_placement),
+            "move": None if self.move is None else list(self.move),
             "source_prompt": self.source_prompt,
             "target_prompt": self.target_prompt,
             "negative_prompt": self.negative_prompt,
@@ -267,7 +271,8 @@ class EditRequest:
             points=[PointPair.from_dict(p) for p in data.get("points", [])],
             reference_image=decode_array(data.get("reference_image")),
             reference_mask=decode_array(data.get("reference_mask")),
-            reference_placement=_placement(data.get("reference_placement")),
+            reference_placement=_triple(data.get("reference_placement")),
+            move=_triple(data.get("move")),
             source_prompt=data.get("source_prompt", ""),
             target_prompt=data.get("target_prompt", ""),
             negative_prompt=data.get("negative_prompt", ""),
@@ -283,7 +288,7 @@ class EditRequest:
         return self.to_dict() == other.to_dict()
 
 
-def _placement(value: Any) -> tuple[float, float, float] | None:
+def _triple(value: Any) -> tuple[float, float, float] | None:
     if value is None:
         return None
     x, y, scale = (float(v) for v in value)

@@ -30,6 +30,7 @@ def validate_request(request: EditRequest, info: MethodInfo) -> EditRequest:
     if "points" in needed:
         _check_points(request, image)
     reference, reference_mask = _check_reference(request, needed)
+    _check_move(request, "move" in needed)
     for field_name in ("source_prompt", "target_prompt"):
         if field_name in needed and not getattr(request, field_name).strip():
             raise InputError(f"method '{info.id}' needs a {field_name.replace('_', ' ')}")
@@ -131,6 +132,25 @@ def _check_placement(placement: Any) -> None:
         raise InputError(f"reference placement must be (x, y, scale), got {placement!r}") from None
     if not all(math.isfinite(value) for value in (x, y, scale)) or scale <= 0:
         raise InputError(f"reference placement must be finite with a positive scale, got {placement!r}")
+
+
+def _check_move(request: EditRequest, needed: bool) -> None:
+    move = request.move
+    if move is None:
+        if needed:
+            raise InputError(
+                "this method needs a region move: how far to move (and scale) the object",
+                hint="Drag the object's mask with the Move Region tool (CLI: --move DX,DY[,SCALE]).",
+            )
+        return
+    try:
+        dx, dy, scale = (float(value) for value in move)
+    except (TypeError, ValueError):
+        raise InputError(f"a region move must be (dx, dy, scale), got {move!r}") from None
+    if not all(math.isfinite(value) for value in (dx, dy, scale)) or scale <= 0:
+        raise InputError(f"a region move must be finite with a positive scale, got {move!r}")
+    if needed and dx == 0 and dy == 0 and scale == 1:
+        raise InputError("the region move is empty: the object would stay as it is", hint="Drag or scale the region.")
 
 
 def _check_object_prompts(request: EditRequest, image: np.ndarray | None) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from backend.protocol import EditRequest, MethodInfo, ObjectPrompt, PointPair
 from desktop_app.document import Document, DragLayer, MaskLayer, ObjectLayer, ReferenceLayer
 
@@ -43,12 +45,14 @@ def takes(method: MethodInfo, name: str) -> bool:
 
 def build_request(document: Document, method: MethodInfo, inputs: MethodInputs, model: str) -> EditRequest:
     """The EditRequest for `method` on `document`; MissingInput when a required input is not in the document."""
+    move, moved_mask = _move(document, method)
     return EditRequest(
         method=method.id,
         image=document.composite_rgb(),
         params=dict(inputs.params),
-        masks=_masks(document, method),
+        masks=_masks(document, method, {} if moved_mask is None else {"object": moved_mask}),
         points=_points(document, method),
+        move=move,
         object_prompts=_objects(document, method),
         **_reference(document, method),
         target_prompt=inputs.target_prompt.strip(),
@@ -59,9 +63,10 @@ def build_request(document: Document, method: MethodInfo, inputs: MethodInputs, 
     )
 
 
-def _masks(document: Document, method: MethodInfo) -> dict:
+def _masks(document: Document, method: MethodInfo, given: dict[str, np.ndarray]) -> dict:
     required, optional = mask_roles(method)
-    available = document.masks_by_role()  # visible, non-empty masks merged per role
+    # visible, non-empty masks merged per role; a region move's own mask is the object it moves
+    available = {**document.masks_by_role(), **given}
     for role in required:
         if role not in available:
             raise MissingInput(f"{method.title} needs {_mask_problem(document, role)}")
@@ -103,6 +108,39 @@ def _points(document: Document, method: MethodInfo) -> list[PointPair]:
     if not pairs and "points" in method.inputs:
         raise MissingInput(f"{method.title} needs at least one handle → target point pair on a drag layer.")
     return pairs
+
+
+def _move(document: Document, method: MethodInfo) -> tuple[tuple[float, float, float] | None, np.ndarray | None]:
+    """The region move the method asks for: (dx, dy, scale) and the mask of the region it moves."""
+    if not takes(method, "move"):
+        return None, None
+    moves = []
+    for holder in document.layers_of(DragLayer):
+        if not holder.visible:
+            continue
+        for region in holder.regions:
+            if (region.dx, region.dy, region.scale) == (0.0, 0.0, 1.0):
+                continue
+            try:
+                layer = document.layer(region.mask_layer_id)
+            except KeyError:
+                continue  # its mask layer was deleted: nothing to move
+            if layer.visible and isinstance(layer, (MaskLayer, ObjectLayer)) and layer.mask.any():
+                moves.append((region, layer))
+    if len(moves) > 1:
+        names = ", ".join(f"'{layer.name}'" for _, layer in moves)
+        raise MissingInput(
+            f"{method.title} moves one region at a time, and {names} are all moved: hide or reset all but one."
+        )
+    if not moves:
+        if "move" in method.inputs:
+            raise MissingInput(
+                f"{method.title} needs a region move: select the object's mask layer, pick the Move Region tool "
+                "(M) and drag the region to where it should go (drag a corner to scale it)."
+            )
+        return None, None
+    region, layer = moves[0]
+    return (float(region.dx), float(region.dy), float(region.scale)), layer.mask.copy()
 
 
 def _reference(document: Document, method: MethodInfo) -> dict:

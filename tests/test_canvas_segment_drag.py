@@ -546,3 +546,31 @@ def test_points_and_the_proposal_are_visible_on_screen(canvas):
     assert green > 130 and red < 100  # the green include dot over the red square
     edge = [colour(20, y).min() for y in range(35, 75)] + [colour(20, y).max() for y in range(35, 75)]
     assert min(edge) < 60 and max(edge) > 240  # the dashed outline: dark and white along the square's edge
+
+
+def test_a_moved_region_becomes_the_move_of_a_dragon_request(canvas):
+    """The Move Region gesture is what DragonDiffusion's move receives: the vector, the scale and the moved mask as
+    its object (whatever role the mask layer has); with no move, or two, the user is told what to do."""
+    from backend.methods.registry import get_method
+    from desktop_app.edit_request import MethodInputs, MissingInput, build_request
+
+    move_method = get_method("dragon-move").info
+    document = new_document()
+    mask_layer = document.active_layer
+    mask_layer.role = "edit"  # not the method's "object" role: the moved region is the object all the same
+    mask_layer.mask[RED_SQUARE] = 255
+    with pytest.raises(MissingInput, match="Move Region tool"):
+        build_request(document, move_method, MethodInputs(), "toyworld")
+    view = canvas(document)
+    QTest.keyClick(view, Qt.Key.Key_M)
+    drag_mouse(view, [(45, 55), (60, 60), (75, 75)])
+    request = build_request(document, move_method, MethodInputs(), "toyworld")
+    assert request.move == pytest.approx((30, 20, 1.0), abs=0.5)
+    np.testing.assert_array_equal(request.masks["object"], mask_layer.mask)
+    assert set(request.masks) == {"object"}
+    second = MaskLayer("Other", mask=np.zeros((120, 160), np.uint8), role="object")
+    second.mask[5:15, 5:15] = 255
+    document.add_layer(second)
+    drag_mouse(view, [(10, 10), (30, 30)])
+    with pytest.raises(MissingInput, match="one region at a time"):
+        build_request(document, move_method, MethodInputs(), "toyworld")

@@ -181,6 +181,24 @@ def test_a_reference_placement_must_be_finite_with_a_positive_scale():
             validate_request(EditRequest("p", image, reference_image=reference, reference_placement=bad), paste)
 
 
+def test_a_region_move_is_required_where_declared_and_must_move_something():
+    from backend.errors import InputError
+    from backend.protocol import MethodInfo
+    from backend.validation import validate_request
+
+    image = np.zeros((16, 16, 3), np.uint8)
+    mover = MethodInfo("m", "M", "", ("sd1",), ("image", "move"), ())
+    assert validate_request(EditRequest("m", image, move=(3, -2, 1.5)), mover).move == (3, -2, 1.5)
+    with pytest.raises(InputError, match="needs a region move") as caught:
+        validate_request(EditRequest("m", image), mover)
+    assert "Move Region tool" in caught.value.hint and "--move" in caught.value.hint
+    with pytest.raises(InputError, match="region move is empty"):
+        validate_request(EditRequest("m", image, move=(0, 0, 1)), mover)
+    for bad in [(1, 2, 0), (1, float("inf"), 1), (1, 2)]:
+        with pytest.raises(InputError, match="region move must be"):
+            validate_request(EditRequest("m", image, move=bad), mover)
+
+
 @pytest.fixture
 def failing_method():
     """A method that installs attention processors and a hook, then fails half-way."""

@@ -39,6 +39,7 @@ requests = st.builds(
     reference_image=st.none() | images,
     reference_mask=st.none() | masks,
     reference_placement=st.none() | st.tuples(coordinates_1d, coordinates_1d, st.floats(0.01, 100)),
+    move=st.none() | st.tuples(coordinates_1d, coordinates_1d, st.floats(0.01, 100)),
     source_prompt=text,
     target_prompt=text,
     negative_prompt=text,

@@ -183,7 +183,12 @@ def _needs_text(method: MethodInfo | None) -> str:
     if method is None:
         return ""
     names = {"target_prompt": "prompt", "source_prompt": "source prompt", "negative_prompt": "negative prompt"}
-    names |= {"object_prompts": "objects", "points": "drag points", "reference": "reference image"}
+    names |= {
+        "object_prompts": "objects",
+        "points": "drag points",
+        "reference": "reference image",
+        "move": "region move",
+    }
     required, optional = mask_roles(method)
 
     def words(items: tuple[str, ...], roles: list[str]) -> list[str]:
