@@ -48,6 +48,7 @@ def bench_request(method: Method, size: int, steps: int) -> EditRequest:
         points=[PointPair((size * 0.35, size * 0.5), (size * 0.65, size * 0.5))] if "points" in inputs else [],
         reference_image=image if "reference" in inputs else None,
         reference_mask=mask if "reference" in inputs else None,
+        move=(size * 0.25, 0.0, 1.0) if "move" in inputs else None,
         source_prompt="a red circle",
         target_prompt="a blue circle",
         object_prompts=[ObjectPrompt(mask, "a blue circle", "circle")] if "object_prompts" in inputs else [],

@@ -61,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("trainer_args", nargs="*")
     train.set_defaults(handler=_train_toyworld)
+    dragon = commands.add_parser(
+        "eval-dragon",
+        help="DragonDiffusion's five tasks on toy-world scenes, judged by ground truth (see its --help)",
+        prefix_chars="+",
+        add_help=False,
+    )
+    dragon.add_argument("eval_args", nargs="*")
+    dragon.set_defaults(handler=_eval_dragon)
     samples = commands.add_parser("toyworld-samples", help="write the toy-world sample pictures and their truth")
     samples.add_argument("folder", type=Path, nargs="?", default=None, help="default: resources/samples")
     samples.set_defaults(handler=_toyworld_samples)
@@ -132,7 +140,15 @@ def _edit_parser(info: MethodInfo | None) -> argparse.ArgumentParser:
         metavar="HX,HY:TX,TY",
         help="a handle -> target point pair in pixels (repeat for more)",
     )
+    parser.add_argument(
+        "--move", metavar="DX,DY[,SCALE]", help="move the object mask by DX,DY pixels (and scale it about its centre)"
+    )
     parser.add_argument("--reference", type=Path, help="reference image")
+    parser.add_argument(
+        "--placement",
+        metavar="X,Y,SCALE",
+        help="where the reference goes on the image: its top-left corner and its scale (paste)",
+    )
     parser.add_argument("--reference-mask", type=Path)
     parser.add_argument("--source-prompt", default="")
     parser.add_argument("--prompt", "--target-prompt", dest="target_prompt", default="")
@@ -201,6 +217,8 @@ def _build_request(args: argparse.Namespace, info: MethodInfo) -> EditRequest:
         points=[_parse_points(item) for item in args.points],
         reference_image=read_image(args.reference) if args.reference else None,
         reference_mask=read_mask(args.reference_mask) if args.reference_mask else None,
+        reference_placement=_parse_numbers(args.placement, "--placement", "X,Y,SCALE", 3, 3),
+        move=_parse_numbers(args.move, "--move", "DX,DY[,SCALE]", 2, 3, default_last=1.0),
         source_prompt=args.source_prompt,
         target_prompt=args.target_prompt,
         negative_prompt=args.negative_prompt,
@@ -228,6 +246,20 @@ def _parse_points(item: str) -> PointPair:
     except ValueError:
         raise InputError(f"point pair '{item}' is not of the form HX,HY:TX,TY (e.g. 20,30:40,30)") from None
     return PointPair((hx, hy), (tx, ty))
+
+
+def _parse_numbers(
+    item: str | None, flag: str, form: str, least: int, most: int, default_last: float = 0.0
+) -> tuple[float, float, float] | None:
+    if item is None:
+        return None
+    try:
+        values = [float(v) for v in item.split(",")]
+    except ValueError:
+        values = []
+    if not least <= len(values) <= most:
+        raise InputError(f"{flag} '{item}' is not of the form {form}")
+    return tuple(values + [default_last] * (3 - len(values)))
 
 
 def _parse_object(item: str, read_mask) -> ObjectPrompt:
@@ -373,6 +405,12 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 # --- train-toyworld ----------------------------------------------------------------------------------------
+
+
+def _eval_dragon(args: argparse.Namespace) -> int:
+    from backend.eval.dragon import main
+
+    return main(args.eval_args)
 
 
 def _train_toyworld(args: argparse.Namespace) -> int:

@@ -67,6 +67,8 @@ def test_edit_writes_a_png_with_its_recipe_and_shows_progress(files):
         (["--method", "sdedit", "--image", "scene.png", "--mask", "missing.png", "--prompt", "x"], "does not exist"),
         (["--method", "nope", "--image", "scene.png"], "unknown method 'nope'"),
         (["--method", "sdedit", "--image", "scene.png", "--points", "1,2", "--prompt", "x"], "HX,HY:TX,TY"),
+        (["--method", "dragon-move", "--image", "scene.png", "--mask", "mask.png", "--move", "3"], "DX,DY[,SCALE]"),
+        (["--method", "dragon-paste", "--image", "scene.png", "--placement", "a,b,c"], "X,Y,SCALE"),
     ],
 )
 def test_edit_input_errors_before_any_model_work(files, monkeypatch, capsys, arguments, message):
@@ -90,7 +92,7 @@ def test_bench_reports_each_method_as_a_ratio_to_sampling(tmp_path, capsys):
     assert main(["bench", "--steps", "2", "--json", str(report)]) == 0
     rows = {row["method"]: row for row in json.loads(report.read_text())["rows"]}
     assert rows["ddim-sampling"]["ratio"] == 1.0
-    assert {"sdedit", "reconstruct", "ddim-word-swap"} <= rows.keys()
+    assert {"sdedit", "reconstruct", "ddim-word-swap", "dragon-move", "dragon-drag", "dragon-paste"} <= rows.keys()
     for row in rows.values():
         assert row["seconds"] > 0 and row["ratio"] == pytest.approx(row["seconds"] / rows["ddim-sampling"]["seconds"])
     assert "ratio = method time / plain DDIM sampling time" in capsys.readouterr().out

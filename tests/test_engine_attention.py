@@ -13,6 +13,7 @@ from backend.engine.attention import (
     ControlledAttnProcessor,
     EditMaps,
     KVBank,
+    MergeKV,
     RecordKV,
     RecordMaps,
     ReplaceKV,
@@ -168,6 +169,39 @@ def test_memory_bank_concat_of_identical_kv_is_plain_attention(unet, inputs):
     assert (concatenated - expected).abs().max() < 1e-4
     with controller.installed({n: ReplaceKV(bank) for n in layers}):
         assert (forward(unet, inputs) - expected).abs().max() < 1e-5
+
+
+def test_merged_kv_takes_the_base_outside_and_the_reference_inside(unet, inputs):
+    """DragonDiffusion's appearance / paste attention: base tokens where `keep`, then reference tokens where `take`;
+    with all of the base kept and none of the reference taken it is the base bank replacing the layer's own K/V."""
+    latents, t, context = inputs
+    layers = attention_layers(unet, kind="self", blocks=("up",))
+    base, reference = KVBank(), KVBank()
+    with controlled(unet, {name: RecordKV(base) for name in layers}):
+        expected = forward(unet, (latents[:1], t, context[:1]))
+    with controlled(unet, {name: RecordKV(reference) for name in layers}):
+        forward(unet, (latents[1:], t, context[1:]))
+    name = layers[0]
+    tokens = base.get(name, 0)[0].shape[1]
+    keep = torch.arange(tokens) % 3 != 0
+    take = torch.arange(tokens) < 5
+    call = type("Call", (), {"layer": name, "step": 0, "is_cross": False})()
+    own = torch.zeros(2, tokens, 64)
+    key, value = MergeKV(base, reference, keep, take).edit_kv(call, own, own)
+    assert key.shape == (2, int(keep.sum()) + 5, 64)
+    torch.testing.assert_close(key[0, : int(keep.sum())], base.get(name, 0)[0][0, keep])
+    torch.testing.assert_close(value[1, int(keep.sum()) :], reference.get(name, 0)[1][0, :5])
+    everything = {
+        n: MergeKV(
+            base,
+            reference,
+            torch.ones(base.get(n, 0)[0].shape[1], dtype=torch.bool),
+            torch.zeros(base.get(n, 0)[0].shape[1], dtype=torch.bool),
+        )
+        for n in layers
+    }
+    with controlled(unet, everything):
+        assert (forward(unet, (latents[:1], t, context[:1])) - expected).abs().max() < 1e-5
 
 
 def test_bank_recorded_at_batch_one_serves_a_cfg_batch(unet, inputs):

@@ -86,6 +86,27 @@ def test_inverting_reports_the_banks_size_and_place(tiny, scene):
     assert f"{bank.kv.nbytes / 2**20:.1f} MB" in bank.describe()
 
 
+def test_a_bank_is_reused_from_the_inversion_cache_which_counts_its_kv(tiny, scene):
+    from backend.engine.memory_bank import cached_memory_bank
+
+    messages = []
+
+    class Collect(Reporter):
+        def log(self, message):
+            messages.append(message)
+
+    from backend.engine.cache import LRUBytesCache
+
+    engine = Engine(tiny, report=Collect("job", lambda event: None), inversion_cache=LRUBytesCache(2**30))
+    latents, cond = engine.encode_image(scene), engine.encode_prompts(["a red square"])
+    first = cached_memory_bank(engine, scene, latents, "a red square", cond, 3)
+    assert engine.inversion_cache.nbytes == first.nbytes and first.nbytes > first.kv.nbytes > 0
+    assert cached_memory_bank(engine, scene, latents, "a red square", cond, 3) is first
+    assert "memory bank reused from cache (3 steps)" in messages
+    other = cached_memory_bank(engine, scene, latents, "a blue square", cond, 3)  # another prompt: inverted again
+    assert other is not first and len(engine.inversion_cache) == 2
+
+
 def test_regenerating_through_the_bank_reproduces_the_image_on_the_toy_world_model(toyworld_engine):
     """Sampling from the bank's z_T with the inversion's prompt, every decoder self-attention reading the banked
     K/V of its step, gives the picture back as plain DDIM reconstruction does.

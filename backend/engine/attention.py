@@ -240,7 +240,7 @@ class ReplaceKV(AttentionRule):
         self.bank = bank
 
     def edit_kv(self, call: AttentionCall, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return _bank_kv(self.bank, call, key, value)
+        return bank_kv(self.bank, call, key, value)
 
 
 class ConcatKV(AttentionRule):
@@ -251,11 +251,37 @@ class ConcatKV(AttentionRule):
         self.bank = bank
 
     def edit_kv(self, call: AttentionCall, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        bank_key, bank_value = _bank_kv(self.bank, call, key, value)
+        bank_key, bank_value = bank_kv(self.bank, call, key, value)
         return torch.cat([key, bank_key], dim=1), torch.cat([value, bank_value], dim=1)
 
 
-def _bank_kv(
+class MergeKV(AttentionRule):
+    """Attend to two banks' K/V, not the layer's own: `base`'s tokens where `keep` is True, then `reference`'s
+    where `take` is True ((tokens,) bool each, on this layer's grid). DragonDiffusion's appearance replacing and
+    object pasting: the base image outside the edited region, the reference image inside its object."""
+
+    def __init__(
+        self,
+        base: KVBank,
+        reference: KVBank,
+        keep: torch.Tensor,
+        take: torch.Tensor,
+        steps: Container[int] | None = None,
+    ) -> None:
+        super().__init__(steps)
+        self.base, self.reference, self.keep, self.take = base, reference, keep, take
+
+    def edit_kv(self, call: AttentionCall, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        base_key, base_value = bank_kv(self.base, call, key, value)
+        ref_key, ref_value = bank_kv(self.reference, call, key, value)
+        keep, take = self.keep.to(key.device), self.take.to(key.device)
+        return (
+            torch.cat([base_key[:, keep], ref_key[:, take]], dim=1),
+            torch.cat([base_value[:, keep], ref_value[:, take]], dim=1),
+        )
+
+
+def bank_kv(
     bank: KVBank, call: AttentionCall, key: torch.Tensor, value: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Bank K/V for this call, broadcast over the batch: inversion records at batch 1, CFG edits at batch 2."""

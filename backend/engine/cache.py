@@ -40,7 +40,8 @@ def value_nbytes(value: Any) -> int:
         return sum(value_nbytes(item) for item in value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return sum(value_nbytes(getattr(value, field.name)) for field in dataclasses.fields(value))
-    return 0
+    nbytes = getattr(value, "nbytes", None)  # containers that count their own bytes (KVBank)
+    return nbytes if isinstance(nbytes, int) else 0
 
 
 class LRUBytesCache:

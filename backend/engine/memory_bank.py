@@ -18,9 +18,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from backend.engine.attention import AttentionController, KVBank, RecordKV, attention_layers, layer_resolution
+from backend.engine.cache import inversion_key
 from backend.engine.conditioning import Conditioning
 from backend.engine.context import Engine
 from backend.engine.inversion import ddim_invert
@@ -114,4 +116,19 @@ def invert_with_memory(
         trajectory = ddim_invert(engine, latents, cond, steps, controller=controller)
     bank = MemoryBank(trajectory, kv, layers)
     engine.report.log(bank.describe())
+    return bank
+
+
+def cached_memory_bank(
+    engine: Engine, image: np.ndarray, latents: torch.Tensor, prompt: str, cond: Conditioning, steps: int
+) -> MemoryBank:
+    """`invert_with_memory` through the engine's inversion cache (bounded in bytes; the bank's K/V count): re-running
+    an edit on the same picture, prompt and steps with other weights or another move skips the inversion."""
+    key = inversion_key(image, engine.bundle.model_id, prompt, steps, "memory-bank")
+    bank = engine.inversion_cache.get(key)
+    if bank is not None:
+        engine.report.log(f"memory bank reused from cache ({steps} steps)")
+        return bank
+    bank = invert_with_memory(engine, latents, cond, steps)
+    engine.inversion_cache.put(key, bank)
     return bank

@@ -195,10 +195,15 @@ def _background_phrase(background: Background) -> str:
     return f"on a {background.texture} {background.colour} background"
 
 
-def caption(scene: Scene, rng: np.random.Generator | None = None) -> str:
+def caption(scene: Scene, rng: np.random.Generator | None = None, layout: bool = True) -> str:
     """The scene in words, e.g. "a big red striped circle left of a small blue star on a checkered beige
     background". With `rng`, a training variant: object order swapped, size/position/background sometimes left
-    out, "solid" sometimes said, so the model also follows the shorter prompts people type."""
+    out, "solid" sometimes said, so the model also follows the shorter prompts people type. `layout=False`
+    leaves out sizes and where things are ("a red striped circle and a blue star on a checkered beige
+    background"): the prompt for edits that move or resize objects, which the layout words would pin in place."""
+    if not layout:
+        phrases = " and ".join(_object_phrase(obj, with_size=False) for obj in scene.objects)
+        return f"{phrases} {_background_phrase(scene.background)}"
 
     def chance(p: float) -> bool:
         return rng is not None and bool(rng.random() < p)
