@@ -24,6 +24,7 @@ from the words, so a prompt naming the old colour, or not naming the pasted obje
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -285,8 +286,7 @@ def run_case(engine, case: Case, params: dict[str, Any] | None = None) -> tuple[
     from backend.validation import validate_request
 
     method = get_method(case.request.method)
-    request = case.request
-    request.params = {**request.params, **(params or {})}
+    request = dataclasses.replace(case.request, params={**case.request.params, **(params or {})})
     result = method.run(engine, validate_request(request, method.info), engine.report)
     return result.image, result.metadata
 

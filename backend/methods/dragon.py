@@ -158,15 +158,45 @@ def decoder_features(
     blocks: Sequence[int] = FEATURE_BLOCKS,
 ) -> dict[int, torch.Tensor]:
     """Outputs of the given decoder blocks for z_t, from a UNet pass cut after the last of them (the official
-    code's "estimator", here the same UNet with a hook). Conditional prompt only, no CFG, as in the paper."""
+    code's "estimator", here the same UNet with a hook). Conditional prompt only, no CFG, as in the paper. A batch
+    of latents may come with one timestep each; `cond` is repeated to the batch."""
     tap = FeatureTap(engine.unet, blocks, detach=not requires_grad, truncate=True)
+    if len(cond) != latents.shape[0]:
+        cond = cond.repeat(latents.shape[0] // len(cond))
     with torch.set_grad_enabled(requires_grad):
-        features = dict(tap.run(latents, t, **cond.unet_kwargs()))
-        if FEATURE_SCALE is None:
-            return features
-        # The official code compares features on one grid, image / 4 (twice the latent's), bilinearly resized.
-        size = (latents.shape[-2] * FEATURE_SCALE, latents.shape[-1] * FEATURE_SCALE)
-        return {b: F.interpolate(f, size=size, mode="bilinear", align_corners=False) for b, f in features.items()}
+        return on_feature_grid(dict(tap.run(latents, t, **cond.unet_kwargs())), latents)
+
+
+def on_feature_grid(features: dict[int, torch.Tensor], latents: torch.Tensor) -> dict[int, torch.Tensor]:
+    """The official code compares features on one grid, image / 4 (twice the latent's), bilinearly resized."""
+    if FEATURE_SCALE is None:
+        return features
+    size = (latents.shape[-2] * FEATURE_SCALE, latents.shape[-1] * FEATURE_SCALE)
+    return {b: F.interpolate(f, size=size, mode="bilinear", align_corners=False) for b, f in features.items()}
+
+
+class GuideFeatures:
+    """F_gud of a memory bank at each guided step (the bank's latent at the step's timestep, with the prompt it was
+    inverted with), computed a chunk of steps per UNet call: they do not depend on the edit, and one batched pass is
+    about twice as fast as one pass per step on a CPU. Only the current chunk is kept."""
+
+    def __init__(
+        self, engine: Engine, bank: MemoryBank, cond: Conditioning, timesteps: torch.Tensor, chunk: int = 8
+    ) -> None:
+        self.engine, self.bank, self.cond, self.timesteps, self.chunk = engine, bank, cond, timesteps, chunk
+        self.cached: dict[int, dict[int, torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def at(self, step: int) -> dict[int, torch.Tensor]:
+        if step not in self.cached:
+            first = step - step % self.chunk
+            chosen = range(first, min(first + self.chunk, self.bank.steps))
+            latents = torch.cat([self.bank.latent(index) for index in chosen])
+            timesteps = self.timesteps[first : first + len(chosen)].to(latents.device)
+            tap = FeatureTap(self.engine.unet, FEATURE_BLOCKS, truncate=True)
+            features = dict(tap.run(latents, timesteps, **self.cond.repeat(len(chosen)).unet_kwargs()))
+            self.cached = {index: {b: f[k : k + 1] for b, f in features.items()} for k, index in enumerate(chosen)}
+        return on_feature_grid(self.cached[step], self.bank.latent(step))
 
 
 GuidanceTerm = tuple[EnergyFunction, torch.Tensor | None]
@@ -177,7 +207,7 @@ edit energies move the edited region and the content energy everything else."""
 def guidance_gradient(
     engine: Engine,
     latents: torch.Tensor,
-    guide_latents: torch.Tensor | Sequence[torch.Tensor],
+    guide_latents: torch.Tensor | Sequence[torch.Tensor] | dict[int, torch.Tensor],
     t: torch.Tensor | int,
     cond: Conditioning,
     energy_at_scale: EnergyFunction | Sequence[GuidanceTerm],
@@ -185,26 +215,40 @@ def guidance_gradient(
     guide_conds: Sequence[Conditioning] | None = None,
 ) -> tuple[torch.Tensor, float]:
     """dE/dz_t^gen and E, with E the mean over the feature scales of `energy_at_scale(F_gen, F_gud)`: F_gen from
-    the current latents (with gradient), F_gud from the memory bank's latents of the same step (without). With
-    several terms, each one's gradient is kept to its region and the gradients are summed (one UNet pass). Several
-    guide latents (the base image's and a reference image's, same size) give F_gud stacked on the batch axis:
-    item 0 the base, item 1 the reference; `guide_conds` are their prompts (default: `cond` for all)."""
+    the current latents (with gradient), F_gud from the memory bank's latents of the same step (without), or given
+    as features ({block: (B, C, h, w)}). Several guide latents (the base image's and a reference image's, same size)
+    give F_gud stacked on the batch axis: item 0 the base, item 1 the reference; `guide_conds` are their prompts
+    (default: `cond` for all).
+
+    With several terms, each one's gradient is kept to its region and the gradients are summed. One forward and one
+    backward pass serve all terms: the latents are repeated once per term and term k reads copy k's features, so
+    the gradient reaching copy k is term k's alone."""
     terms = [(energy_at_scale, None)] if callable(energy_at_scale) else list(energy_at_scale)
-    guides = [guide_latents] if isinstance(guide_latents, torch.Tensor) else list(guide_latents)
-    conds = [cond] * len(guides) if guide_conds is None else list(guide_conds)
-    per_guide = [decoder_features(engine, z, t, c, requires_grad=False, blocks=blocks) for z, c in zip(guides, conds)]
-    guide = {b: torch.cat([features[b] for features in per_guide]) for b in blocks}
-    current_latents = latents.detach().requires_grad_(True)
-    gradient, total = torch.zeros_like(latents, dtype=torch.float32), 0.0
+    if isinstance(guide_latents, dict):
+        guide = guide_latents
+    else:
+        guides = [guide_latents] if isinstance(guide_latents, torch.Tensor) else list(guide_latents)
+        conds = [cond] * len(guides) if guide_conds is None else list(guide_conds)
+        per_guide = [
+            decoder_features(engine, z, t, c, requires_grad=False, blocks=blocks) for z, c in zip(guides, conds)
+        ]
+        guide = {b: torch.cat([features[b] for features in per_guide]) for b in blocks}
+    copies = latents.detach().repeat(len(terms), *([1] * (latents.ndim - 1))).requires_grad_(True)
+    total, values = 0.0, []
     with torch.enable_grad():
-        current = decoder_features(engine, current_latents, t, cond, requires_grad=True, blocks=blocks)
-        for index, (term, region) in enumerate(terms):
-            value = sum(term(current[b].float(), guide[b].float()) for b in blocks) / len(blocks)
-            if not value.requires_grad:  # a term with nothing to compare (e.g. no vacated region)
-                continue
-            (part,) = torch.autograd.grad(value, current_latents, retain_graph=index < len(terms) - 1)
-            gradient += part.float() if region is None else part.float() * region.to(part.device)
-            total += float(value.detach())
+        current = decoder_features(engine, copies, t, cond, requires_grad=True, blocks=blocks)
+        for index, (term, _) in enumerate(terms):
+            value = sum(term(current[b][index : index + 1].float(), guide[b].float()) for b in blocks) / len(blocks)
+            if value.requires_grad:  # a term with nothing to compare (e.g. no vacated region) gives no gradient
+                values.append(value)
+                total += float(value.detach())
+        if not values:
+            return torch.zeros_like(latents), total
+        (parts,) = torch.autograd.grad(sum(values), copies)
+    gradient = torch.zeros_like(latents, dtype=torch.float32)
+    for index, (_, region) in enumerate(terms):
+        part = parts[index : index + 1].float()
+        gradient += part if region is None else part * region.to(part.device)
     return gradient.to(latents.dtype), total
 
 
@@ -541,6 +585,9 @@ def guided_sampling(
     ratio = scheduler.config.num_train_timesteps // steps
     controller = AttentionController(engine.unet)
     latents, kept, energies = start, {}, []
+    guide_features = [GuideFeatures(engine, bank, bank_cond or cond, scheduler.timesteps)]
+    if reference is not None:
+        guide_features.append(GuideFeatures(engine, reference, cond, scheduler.timesteps))
     with controller.installed(rules or {}):
         for step, t in enumerate(scheduler.timesteps):
             engine.report.check_cancel()
@@ -553,11 +600,9 @@ def guided_sampling(
             if step < guided_steps and step_size:
                 # The guidance branch runs without the bank's K/V: it compares this latent's own features.
                 controller.step = -1
-                guides = [bank.latent(step)] + ([] if reference is None else [reference.latent(step)])
-                conds = [bank_cond or cond] + ([] if reference is None else [cond])
-                gradient, value = guidance_gradient(
-                    engine, latents, guides, t, cond, energy_at_scale, guide_conds=conds
-                )
+                guide = [features.at(step) for features in guide_features]
+                guide = {b: torch.cat([g[b] for g in guide]) for b in FEATURE_BLOCKS}
+                gradient, value = guidance_gradient(engine, latents, guide, t, cond, energy_at_scale)
                 energies.append(value)
                 guided = eps + step_size * gradient
             x0 = predicted_x0(scheduler, latents, guided, t)
