@@ -666,8 +666,9 @@ FAMILIES = ("sd1", "sd2")
 # The official demo's "energy scale" slider x 1e3 x a task factor is the step size eta on dE/dz_t (card, table).
 TASK_FACTOR = {"move": 0.08, "resize": 0.08, "appearance": 0.04, "paste": 0.04, "drag": 0.04}
 # Models whose gradients are weaker than SD1.5's need a larger eta for the same edit. Measured on Atelier's toy
-# world, 10 suite moves at 50 steps: eta 250 (slider 0.5 x 1e3 x 0.08 x 6.25) 9 of 10 succeed, background 29.9 dB;
-# eta 500: 7 of 10, 26.8 dB; the paper's eta 40 leaves the object where it was. Other models: gain 1.
+# world at 50 steps (python -m backend eval-dragon --tasks move): eta 250 (slider 0.5 x 1e3 x 0.08 x 6.25) moves
+# 17 of 20 objects with background 29.9 dB; the paper's eta 40: 6 of 20 (6 left half behind, 24.8 dB); on 10 of the
+# moves eta 500 gave 7 (26.8 dB) where eta 250 gave 9. Other models: gain 1, the paper's step.
 MODEL_GAIN = {"toyworld": 6.25}
 
 
