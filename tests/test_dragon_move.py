@@ -203,3 +203,26 @@ def test_dragon_refuses_a_move_that_leaves_the_image_and_models_it_cannot_run(ru
     )
     (*_, error) = run_job(xl)
     assert error.kind == "error" and "does not support sdxl" in error.message
+
+
+def test_a_paste_lands_where_the_reference_layer_sits_even_when_the_shapes_differ(run_job, scene):
+    """A 32 x 64 reference (wider than tall) over a 64 x 64 picture, its top-left at (8, 40), at 0.5: its object
+    (reference pixels x 16..47, y 8..23) lands on x 16..31, y 44..51 of the picture, however both were resampled."""
+    from backend.protocol import EditRequest, decode_array
+
+    reference = np.full((32, 64, 3), 200, np.uint8)
+    reference_mask = np.zeros((32, 64), np.uint8)
+    reference_mask[8:24, 16:48] = 255
+    request = EditRequest(
+        "dragon-paste",
+        scene,
+        params={"steps": 2},
+        reference_image=reference,
+        reference_mask=reference_mask,
+        reference_placement=(8.0, 40.0, 0.5),
+        model="tiny",
+    )
+    result = run_job(request)[-1]
+    assert result.kind == "result", result
+    ys, xs = np.nonzero(decode_array(result.metadata["masks"]["pasted"]))
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (16, 31, 44, 51)

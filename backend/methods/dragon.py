@@ -877,12 +877,16 @@ def _paste_setup(engine, request, size, latent_size, bank, reference) -> TaskSet
     ref_mask = _reference_mask(engine, request, size)
     height, width = request.image.shape[:2]
     ref_height, ref_width = request.reference_image.shape[:2]
-    # Placement is in the user's pixels; the reference was resampled to the working size like the image, so the
-    # same map holds with the reference's pixels scaled by (working / reference) and the image's by (working / image).
-    x, y, scale = request.reference_placement or (0.0, 0.0, width / ref_width)
-    placement = (x * size[1] / width, y * size[0] / height, scale * (ref_width / width))
+    # The map is made in the user's pixels, the reference's own and the picture's (the placement is in those); in
+    # normalised coordinates it holds on every grid, whatever the two images were resampled to.
+    full_mask = (
+        torch.ones(ref_height, ref_width, dtype=torch.bool)
+        if request.reference_mask is None
+        else torch.from_numpy(request.reference_mask > 127)
+    )
+    placement = request.reference_placement or (0.0, 0.0, min(width / ref_width, height / ref_height))
     try:
-        relocation = paste_relocation(ref_mask, placement, size)
+        relocation = paste_relocation(full_mask, placement, (height, width))
     except ValueError as error:
         raise InputError(str(error), hint="Move the reference layer so that its object lies on the image.") from None
     placed = relocation.placed(size)
