@@ -617,11 +617,10 @@ def guided_sampling(
 DIFT_TIMESTEP = 261  # DIFT (Tang et al. 2023): SD features at t = 261 match best
 
 
-def correspondence_step(bank: MemoryBank) -> int:
+def correspondence_step(engine: Engine, steps: int) -> int:
     """The sampling step whose timestep is nearest DIFT's t = 261."""
-    ratio = 1000 // bank.steps
-    timesteps = [1000 - ratio * (i + 1) + 1 for i in range(bank.steps)]
-    return min(range(bank.steps), key=lambda i: abs(timesteps[i] - DIFT_TIMESTEP))
+    timesteps = [int(t) for t in make_scheduler(engine, steps).timesteps]
+    return min(range(steps), key=lambda i: abs(timesteps[i] - DIFT_TIMESTEP))
 
 
 @torch.no_grad()
@@ -733,7 +732,7 @@ def _run(engine: Engine, request: EditRequest, task: str) -> MethodResult:
             setup.reference_mask,
         )
     # 3. Guided sampling from the task's start latent
-    keep = correspondence_step(bank)
+    keep = correspondence_step(engine, steps)
     run = guided_sampling(
         engine,
         bank,
