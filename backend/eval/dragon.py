@@ -308,11 +308,11 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m backend eval-dragon", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", default=",".join(TASKS))
-    parser.add_argument("--count", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, of: {', '.join(TASKS)}")
+    parser.add_argument("--count", type=int, default=20, help="cases per task (scenes drawn from a fixed seed)")
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps of every edit")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a method parameter")
-    parser.add_argument("--model", default="toyworld")
+    parser.add_argument("--model", default="toyworld", help="a model of the toy world's vocabulary")
     parser.add_argument("--json", type=Path, help="write every row and the summary here")
     parser.add_argument("--images", type=Path, help="save input | result strips here")
     args = parser.parse_args(argv)
