@@ -680,7 +680,7 @@ def _common(guidance: float, energy_scale: float, w_edit: float, w_content: floa
             "energy_scale",
             "float",
             energy_scale,
-            "Gradient step: eta = this x 1e3 x task factor (x 6.25 on the toy-world model)",
+            f"Gradient step: eta = this x 1e3 x task factor (x {MODEL_GAIN['toyworld']:g} on the toy-world model)",
             0,
             100,
         ),
