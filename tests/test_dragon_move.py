@@ -166,6 +166,8 @@ def test_every_dragon_task_runs_through_the_worker_and_reports_its_masks(run_job
 
     square = np.zeros(scene.shape[:2], np.uint8)
     square[20:44, 6:30] = 255
+    editable = np.zeros(scene.shape[:2], np.uint8)
+    editable[10:54, 0:56] = 255
     inputs = {
         "dragon-move": dict(masks={"object": square}, move=(20.0, 0.0, 1.0)),
         "dragon-resize": dict(masks={"object": square}, move=(0.0, 0.0, 0.7)),
@@ -173,7 +175,7 @@ def test_every_dragon_task_runs_through_the_worker_and_reports_its_masks(run_job
             masks={"object": square}, reference_image=scene[:, ::-1].copy(), reference_mask=square[:, ::-1].copy()
         ),
         "dragon-paste": dict(reference_image=scene, reference_mask=square, reference_placement=(24.0, 0.0, 0.8)),
-        "dragon-drag": dict(points=[PointPair((18.0, 32.0), (40.0, 32.0))]),
+        "dragon-drag": dict(points=[PointPair((18.0, 32.0), (40.0, 32.0))], masks={"edit": editable}),
     }[method]
     request = EditRequest(method, scene, params={"steps": 4}, source_prompt="a red square", model="tiny", **inputs)
     events = run_job(request)
@@ -186,6 +188,8 @@ def test_every_dragon_task_runs_through_the_worker_and_reports_its_masks(run_job
     assert masks and all(mask.shape == scene.shape[:2] and mask.any() for mask in masks.values())
     assert "memory bank: 4 steps" in result.metadata["memory_bank"]
     assert len(result.metadata["energy"]) == round(0.6 * 4)  # guided in the first 60 % of the steps
+    if method == "dragon-drag":  # the user's area that may change, as painted on an "edit" mask
+        np.testing.assert_array_equal(masks["editable"] > 0, editable > 0)
 
 
 def test_dragon_refuses_a_move_that_leaves_the_image_and_models_it_cannot_run(run_job, scene):

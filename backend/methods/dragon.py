@@ -912,7 +912,7 @@ def _drag_setup(engine, request, size, latent_size, bank, reference) -> TaskSetu
     sy, sx = size[0] / request.image.shape[0], size[1] / request.image.shape[1]
     handles = torch.tensor([[pair.handle[0] * sx, pair.handle[1] * sy] for pair in request.points], dtype=torch.float32)
     targets = torch.tensor([[pair.target[0] * sx, pair.target[1] * sy] for pair in request.points], dtype=torch.float32)
-    editable = request.masks.get("editable")
+    editable = request.masks.get("edit")  # the area that may change: the GUI's and SDEdit's "edit" mask role
     editable = _default_editable(handles, targets, size) if editable is None else _mask(engine, editable, size)
     return TaskSetup(
         start=drag_start(bank.latent(0), handles, targets, size),
@@ -1003,7 +1003,7 @@ def dragon_paste(engine: Engine, request: EditRequest, report) -> MethodResult:
     description="Drag image content from each handle point to its target; only the editable area changes.",
     families=FAMILIES,
     inputs=("image", "points"),
-    optional_inputs=("mask:editable", "source_prompt", "negative_prompt"),
+    optional_inputs=("mask:edit", "source_prompt", "negative_prompt"),
     params=(
         *_common(4.0, 2.0, 4.0, 6.0),
         ParamSpec("w_inpaint", "float", 0.2, "Weight of 'the handle's old place no longer looks like it'", 0, 100),
