@@ -168,8 +168,10 @@ def test_every_dragon_task_runs_through_the_worker_and_reports_its_masks(run_job
     square[20:44, 6:30] = 255
     editable = np.zeros(scene.shape[:2], np.uint8)
     editable[10:54, 0:56] = 255
+    fill = np.zeros(scene.shape[:2], np.uint8)
+    fill[50:64, 0:20] = 255  # what the square's old place should look like: the background below it
     inputs = {
-        "dragon-move": dict(masks={"object": square}, move=(20.0, 0.0, 1.0)),
+        "dragon-move": dict(masks={"object": square, "fill": fill}, move=(20.0, 0.0, 1.0)),
         "dragon-resize": dict(masks={"object": square}, move=(0.0, 0.0, 0.7)),
         "dragon-appearance": dict(
             masks={"object": square}, reference_image=scene[:, ::-1].copy(), reference_mask=square[:, ::-1].copy()
@@ -188,6 +190,8 @@ def test_every_dragon_task_runs_through_the_worker_and_reports_its_masks(run_job
     assert masks and all(mask.shape == scene.shape[:2] and mask.any() for mask in masks.values())
     assert "memory bank: 4 steps" in result.metadata["memory_bank"]
     assert len(result.metadata["energy"]) == round(0.6 * 4)  # guided in the first 60 % of the steps
+    if method == "dragon-move":  # the user's region for the vacated place (m_ref), as painted on a "fill" mask
+        np.testing.assert_array_equal(masks["reference_region"] > 0, fill > 0)
     if method == "dragon-drag":  # the user's area that may change, as painted on an "edit" mask
         np.testing.assert_array_equal(masks["editable"] > 0, editable > 0)
 

@@ -825,7 +825,7 @@ def _move_setup(engine, request, size, latent_size, bank, reference) -> TaskSetu
     dx, dy, scale = request.move
     obj = _mask(engine, request.masks["object"], size)
     sy, sx = size[0] / request.image.shape[0], size[1] / request.image.shape[1]
-    user_reference = request.masks.get("reference")
+    user_reference = request.masks.get("fill")  # m_ref: what the vacated place should look like
     user_reference = None if user_reference is None else _mask(engine, user_reference, size)
     try:
         edit = MoveEdit(move_relocation(obj, dy * sy, dx * sx, scale), user_reference)
@@ -951,7 +951,7 @@ MERGE_UNTIL = ParamSpec("attention_until", "float", 0.7, "Merged visual cross-at
     description="Move an object to where you dragged its region; its old place is filled in from the background.",
     families=FAMILIES,
     inputs=("image", "mask:object", "move"),
-    optional_inputs=("mask:reference", "source_prompt", "negative_prompt"),
+    optional_inputs=("mask:fill", "source_prompt", "negative_prompt"),
     params=MOVE_PARAMS,
 )
 def dragon_move(engine: Engine, request: EditRequest, report) -> MethodResult:
@@ -964,7 +964,7 @@ def dragon_move(engine: Engine, request: EditRequest, report) -> MethodResult:
     description="Scale an object by the region's scale about its centre (and move it); shrinking fills in the rest.",
     families=FAMILIES,
     inputs=("image", "mask:object", "move"),
-    optional_inputs=("mask:reference", "source_prompt", "negative_prompt"),
+    optional_inputs=("mask:fill", "source_prompt", "negative_prompt"),
     params=MOVE_PARAMS,
 )
 def dragon_resize(engine: Engine, request: EditRequest, report) -> MethodResult:

@@ -9,7 +9,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 # What a mask is for; the method panel asks for masks by these roles.
-MASK_ROLES = ("edit", "keep", "object", "target")
+# "fill": what a vacated place should look like (DragonDiffusion's move, m_ref).
+MASK_ROLES = ("edit", "keep", "object", "target", "fill")
 
 # Overlay tint per role (RGBA), used by the canvas.
 ROLE_COLOURS = {
@@ -17,6 +18,7 @@ ROLE_COLOURS = {
     "keep": (60, 200, 90, 110),
     "object": (60, 130, 255, 110),
     "target": (250, 200, 40, 110),
+    "fill": (170, 90, 230, 110),
 }
 
 
