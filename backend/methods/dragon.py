@@ -943,72 +943,72 @@ TASKS = {
     "drag": _drag_setup,
 }
 MERGE_UNTIL = ParamSpec("attention_until", "float", 0.7, "Merged visual cross-attention until here (35 of 50)", 0, 1)
-
-
-@method(
-    id="dragon-move",
-    title="DragonDiffusion: move object",
-    description="Move an object to where you dragged its region; its old place is filled in from the background.",
-    families=FAMILIES,
-    inputs=("image", "mask:object", "move"),
-    optional_inputs=("mask:fill", "source_prompt", "negative_prompt"),
-    params=MOVE_PARAMS,
+DRAG_PARAMS = (
+    *_common(4.0, 2.0, 4.0, 6.0),
+    ParamSpec("w_inpaint", "float", 0.2, "Weight of 'the handle's old place no longer looks like it'", 0, 100),
+    ParamSpec("attention_from", "float", 0.1, "Visual cross-attention from this part of the steps", 0, 1),
 )
-def dragon_move(engine: Engine, request: EditRequest, report) -> MethodResult:
-    return _run(engine, request, "move")
+PROMPTS = ("source_prompt", "negative_prompt")
+TWO_PROMPTS = ("source_prompt", "target_prompt", "negative_prompt")
 
-
-@method(
-    id="dragon-resize",
-    title="DragonDiffusion: resize object",
-    description="Scale an object by the region's scale about its centre (and move it); shrinking fills in the rest.",
-    families=FAMILIES,
-    inputs=("image", "mask:object", "move"),
-    optional_inputs=("mask:fill", "source_prompt", "negative_prompt"),
-    params=MOVE_PARAMS,
-)
-def dragon_resize(engine: Engine, request: EditRequest, report) -> MethodResult:
-    return _run(engine, request, "resize")
-
-
-@method(
-    id="dragon-appearance",
-    title="DragonDiffusion: replace appearance",
-    description="Give the masked object the appearance of the reference image's object; shape and place stay.",
-    families=FAMILIES,
-    inputs=("image", "mask:object", "reference"),
-    optional_inputs=("source_prompt", "target_prompt", "negative_prompt"),
-    params=(*_common(5.0, 2.0, 3.5, 5.0), MERGE_UNTIL),
-)
-def dragon_appearance(engine: Engine, request: EditRequest, report) -> MethodResult:
-    return _run(engine, request, "appearance")
-
-
-@method(
-    id="dragon-paste",
-    title="DragonDiffusion: paste object",
-    description="Paste the reference image's object where the reference layer sits, blended into the scene.",
-    families=FAMILIES,
-    inputs=("image", "reference"),
-    optional_inputs=("source_prompt", "target_prompt", "negative_prompt"),
-    params=(*_common(4.0, 1.5, 4.0, 6.0), MERGE_UNTIL),
-)
-def dragon_paste(engine: Engine, request: EditRequest, report) -> MethodResult:
-    return _run(engine, request, "paste")
-
-
-@method(
-    id="dragon-drag",
-    title="DragonDiffusion: drag points",
-    description="Drag image content from each handle point to its target; only the editable area changes.",
-    families=FAMILIES,
-    inputs=("image", "points"),
-    optional_inputs=("mask:edit", "source_prompt", "negative_prompt"),
-    params=(
-        *_common(4.0, 2.0, 4.0, 6.0),
-        ParamSpec("w_inpaint", "float", 0.2, "Weight of 'the handle's old place no longer looks like it'", 0, 100),
-        ParamSpec("attention_from", "float", 0.1, "Visual cross-attention from this part of the steps", 0, 1),
+# task: (title, what it does, inputs, optional inputs, parameters with the card's defaults)
+METHODS = {
+    "move": (
+        "move object",
+        "Move an object to where you dragged its region; its old place is filled in from the background.",
+        ("image", "mask:object", "move"),
+        ("mask:fill", *PROMPTS),
+        MOVE_PARAMS,
     ),
-)
-def dragon_drag(engine: Engine, request: EditRequest, report) -> MethodResult:
-    return _run(engine, request, "drag")
+    "resize": (
+        "resize object",
+        "Scale an object by the region's scale about its centre (and move it); shrinking fills in the rest.",
+        ("image", "mask:object", "move"),
+        ("mask:fill", *PROMPTS),
+        MOVE_PARAMS,
+    ),
+    "appearance": (
+        "replace appearance",
+        "Give the masked object the appearance of the reference image's object; shape and place stay.",
+        ("image", "mask:object", "reference"),
+        TWO_PROMPTS,
+        (*_common(5.0, 2.0, 3.5, 5.0), MERGE_UNTIL),
+    ),
+    "paste": (
+        "paste object",
+        "Paste the reference image's object where the reference layer sits, blended into the scene.",
+        ("image", "reference"),
+        TWO_PROMPTS,
+        (*_common(4.0, 1.5, 4.0, 6.0), MERGE_UNTIL),
+    ),
+    "drag": (
+        "drag points",
+        "Drag image content from each handle point to its target; only the editable area changes.",
+        ("image", "points"),
+        ("mask:edit", *PROMPTS),
+        DRAG_PARAMS,
+    ),
+}
+
+
+def _register(task: str) -> None:
+    """Register `dragon-<task>`: the shared loop `_run` with the task's setup (TASKS) and parameters."""
+    title, description, inputs, optional_inputs, params = METHODS[task]
+
+    def run(engine: Engine, request: EditRequest, report) -> MethodResult:
+        return _run(engine, request, task)
+
+    run.__name__ = run.__qualname__ = f"dragon_{task}"
+    method(
+        id=f"dragon-{task}",
+        title=f"DragonDiffusion: {title}",
+        description=description,
+        families=FAMILIES,
+        inputs=inputs,
+        optional_inputs=optional_inputs,
+        params=params,
+    )(run)
+
+
+for _task in METHODS:
+    _register(_task)
