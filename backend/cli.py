@@ -51,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=20)
     bench.add_argument("--size", type=int, default=0, help="image side in pixels (0 = the model's native size)")
     bench.add_argument("--methods", default="", help="comma-separated method ids (default: all)")
+    bench.add_argument("--repeat", type=int, default=3, help="runs per figure; the fastest counts")
+    bench.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE", help="a parameter of the methods that have it"
+    )
     bench.add_argument("--device", default="auto")
     bench.add_argument("--dtype", default="auto")
     bench.add_argument("--json", type=Path, help="also write the results as JSON here")

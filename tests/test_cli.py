@@ -95,7 +95,10 @@ def test_bench_reports_each_method_as_a_ratio_to_sampling(tmp_path, capsys):
     assert {"sdedit", "reconstruct", "ddim-word-swap", "dragon-move", "dragon-drag", "dragon-paste"} <= rows.keys()
     for row in rows.values():
         assert row["seconds"] > 0 and row["ratio"] == pytest.approx(row["seconds"] / rows["ddim-sampling"]["seconds"])
-    assert "ratio = method time / plain DDIM sampling time" in capsys.readouterr().out
+    moved = rows["dragon-move"]
+    assert moved["rerun_ratio"] == pytest.approx(moved["rerun_seconds"] / rows["ddim-sampling"]["seconds"])
+    out = capsys.readouterr().out
+    assert "ratio = method time / plain DDIM sampling time" in out and "re-run = the same edit again" in out
 
 
 def test_segment_writes_the_clicked_objects_mask(tmp_path, scene, capsys):

@@ -153,3 +153,33 @@ def test_content_guidance_alone_restores_the_image_from_random_noise_on_the_toy_
     assert guided > unguided + 6.0, (unguided, guided)
     assert energies[-1] < energies[0]  # the content energy falls as the picture comes back
     assert all(p is None for p in parameters_before) and all(p.grad is None for p in engine.unet.parameters())
+
+
+def test_without_gradient_regions_the_guidance_follows_the_summed_energy_everywhere(tiny):
+    """gradient_regions off is Eq. 7 as the paper writes it: the gradient of the sum of the terms, not each term's
+    gradient kept to its region (the official code)."""
+    from backend.engine.context import Engine
+    from backend.methods.dragon import _summed, guidance_gradient
+
+    engine = Engine(tiny)
+    cond = engine.encode_prompts(["a red square"])
+    latents, guide = engine.randn((1, 4, 8, 8), 1), engine.randn((1, 4, 8, 8), 2)
+    left = torch.zeros(8, 8, dtype=torch.bool)
+    left[:, :4] = True
+
+    def everywhere(features):
+        return torch.ones(features.shape[-2:], dtype=torch.bool)
+
+    def first(gen, gud):
+        return energy(s_local(gen, everywhere(gen), gud, everywhere(gud)))
+
+    def second(gen, gud):
+        return 3 * energy(s_global(gen, everywhere(gen), gud, everywhere(gud)))
+
+    terms = [(first, left), (second, ~left)]
+    each = [guidance_gradient(engine, latents, guide, 500, cond, term)[0] for term in (first, second)]
+    summed, value = guidance_gradient(engine, latents, guide, 500, cond, [(_summed(terms), None)])
+    regions, _ = guidance_gradient(engine, latents, guide, 500, cond, terms)
+    torch.testing.assert_close(summed, each[0] + each[1], rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(regions, torch.where(left, each[0], each[1]), rtol=1e-4, atol=1e-7)
+    assert not torch.allclose(summed, regions, rtol=1e-3, atol=1e-7) and value > 0

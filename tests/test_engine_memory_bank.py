@@ -141,3 +141,46 @@ def test_regenerating_through_the_bank_reproduces_the_image_on_the_toy_world_mod
     plain = regenerate({})
     through_bank = regenerate({layer: ReplaceKV(bank.kv) for layer in bank.layers})
     assert through_bank >= 27.0 and through_bank > plain - 0.5, (plain, through_bank)
+
+
+def test_a_cached_bank_keeps_its_guide_features_so_a_rerun_computes_none(tiny, scene):
+    """DragonDiffusion's F_gud (the bank's latent of each step through the decoder, with the bank's prompt) depend
+    on the bank alone: they are computed once, kept in the bank, counted by the cache, and equal to a direct pass."""
+    from backend.engine.cache import LRUBytesCache
+    from backend.engine.memory_bank import cached_memory_bank
+    from backend.engine.sampling import make_scheduler
+    from backend.methods.dragon import GuideFeatures, decoder_features
+
+    engine = Engine(tiny, inversion_cache=LRUBytesCache(2**30))
+    latents, cond = engine.encode_image(scene), engine.encode_prompts(["a red square"])
+    bank = cached_memory_bank(engine, scene, latents, "a red square", cond, 4)
+    before = engine.inversion_cache.nbytes
+    timesteps = make_scheduler(engine, 4).timesteps
+    calls = []
+    hook = engine.unet.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        first = GuideFeatures(engine, bank, cond, timesteps, chunk=2).at(1)
+        assert len(calls) == 1 and set(bank.guides) == {0, 1}
+        assert engine.inversion_cache.nbytes == bank.nbytes > before
+        again = cached_memory_bank(engine, scene, latents, "a red square", cond, 4)
+        second = GuideFeatures(engine, again, cond, timesteps, chunk=2).at(1)
+        assert len(calls) == 1  # the re-run's guide features came from the cached bank
+    finally:
+        hook.remove()
+    direct = decoder_features(engine, bank.latent(1), timesteps[1], cond, requires_grad=False)
+    for block, features in direct.items():
+        torch.testing.assert_close(first[block], features, rtol=1e-4, atol=1e-4)
+        assert torch.equal(second[block], first[block])
+
+
+def test_the_cache_counts_a_value_again_after_it_grew_and_evicts_to_fit():
+    from backend.engine.cache import LRUBytesCache
+
+    cache = LRUBytesCache(1000)
+    cache.put("old", np.zeros(400, np.uint8))
+    grows = {"latents": np.zeros(400, np.uint8)}
+    cache.put("bank", grows)
+    grows["features"] = np.zeros(300, np.uint8)
+    assert cache.nbytes == 800 and cache.remeasure("bank")
+    assert cache.keys() == ["bank"] and cache.nbytes == 700  # the older entry made room
+    assert not cache.remeasure("gone")

@@ -83,6 +83,14 @@ class LRUBytesCache:
             logger.debug("evicted %s (%d bytes)", evicted, evicted_size)
         return True
 
+    def remeasure(self, key: Hashable) -> bool:
+        """Count again the bytes of the value under `key` after it grew in place (e.g. a memory bank that keeps
+        features computed from it), evicting as `put` does; False if it is not (or no longer) cached."""
+        if key not in self._items:
+            return False
+        value, _ = self._items[key]
+        return self.put(key, value)
+
     def pop(self, key: Hashable, default: Any = None) -> Any:
         if key not in self._items:
             return default

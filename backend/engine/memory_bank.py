@@ -16,13 +16,13 @@ unless told otherwise) and goes to host memory otherwise - the official code alw
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from backend.engine.attention import AttentionController, KVBank, RecordKV, attention_layers, layer_resolution
-from backend.engine.cache import inversion_key
+from backend.engine.cache import inversion_key, value_nbytes
 from backend.engine.conditioning import Conditioning
 from backend.engine.context import Engine
 from backend.engine.inversion import ddim_invert
@@ -32,11 +32,15 @@ _MB = 2**20
 
 @dataclass
 class MemoryBank:
-    """The inversion trajectory [z_0 … z_T] and the decoder self-attention K/V of every step."""
+    """The inversion trajectory [z_0 … z_T] and the decoder self-attention K/V of every step; `guides` keeps what
+    the guidance computes from the bank alone (DragonDiffusion's F_gud per step), so a re-run reuses it; `key` is
+    the bank's inversion-cache key (None when not cached)."""
 
     trajectory: list[torch.Tensor]
     kv: KVBank
     layers: tuple[str, ...]
+    guides: dict[int, dict[int, torch.Tensor]] = field(default_factory=dict)
+    key: str | None = None
 
     @property
     def steps(self) -> int:
@@ -51,7 +55,7 @@ class MemoryBank:
     @property
     def nbytes(self) -> int:
         latents = sum(z.numel() * z.element_size() for z in self.trajectory)
-        return latents + self.kv.nbytes
+        return latents + self.kv.nbytes + value_nbytes(self.guides)
 
     def describe(self) -> str:
         where = "host memory" if torch.device(self.kv.device).type == "cpu" else str(self.kv.device)
@@ -130,5 +134,6 @@ def cached_memory_bank(
         engine.report.log(f"memory bank reused from cache ({steps} steps)")
         return bank
     bank = invert_with_memory(engine, latents, cond, steps)
+    bank.key = key
     engine.inversion_cache.put(key, bank)
     return bank

@@ -177,26 +177,29 @@ def on_feature_grid(features: dict[int, torch.Tensor], latents: torch.Tensor) ->
 
 class GuideFeatures:
     """F_gud of a memory bank at each guided step (the bank's latent at the step's timestep, with the prompt it was
-    inverted with), computed a chunk of steps per UNet call: they do not depend on the edit, and one batched pass is
-    about twice as fast as one pass per step on a CPU. Only the current chunk is kept."""
+    inverted with: `cond` must be that prompt), computed a chunk of steps per UNet call: they do not depend on the
+    edit, and one batched pass is about twice as fast as one pass per step on a CPU. They are kept in the bank
+    (`MemoryBank.guides`), so a re-run on the same picture (bank from the inversion cache) computes none."""
 
     def __init__(
         self, engine: Engine, bank: MemoryBank, cond: Conditioning, timesteps: torch.Tensor, chunk: int = 8
     ) -> None:
         self.engine, self.bank, self.cond, self.timesteps, self.chunk = engine, bank, cond, timesteps, chunk
-        self.cached: dict[int, dict[int, torch.Tensor]] = {}
 
     @torch.no_grad()
     def at(self, step: int) -> dict[int, torch.Tensor]:
-        if step not in self.cached:
+        kept = self.bank.guides
+        if step not in kept:
             first = step - step % self.chunk
             chosen = range(first, min(first + self.chunk, self.bank.steps))
             latents = torch.cat([self.bank.latent(index) for index in chosen])
             timesteps = self.timesteps[first : first + len(chosen)].to(latents.device)
             tap = FeatureTap(self.engine.unet, FEATURE_BLOCKS, truncate=True)
             features = dict(tap.run(latents, timesteps, **self.cond.repeat(len(chosen)).unet_kwargs()))
-            self.cached = {index: {b: f[k : k + 1] for b, f in features.items()} for k, index in enumerate(chosen)}
-        return on_feature_grid(self.cached[step], self.bank.latent(step))
+            kept.update({index: {b: f[k : k + 1] for b, f in features.items()} for k, index in enumerate(chosen)})
+            if self.bank.key is not None:  # the cached bank grew: let the cache count it
+                self.engine.inversion_cache.remeasure(self.bank.key)
+        return on_feature_grid(kept[step], self.bank.latent(step))
 
 
 GuidanceTerm = tuple[EnergyFunction, torch.Tensor | None]
@@ -688,6 +691,13 @@ def _common(guidance: float, energy_scale: float, w_edit: float, w_content: floa
         ParamSpec("w_content", "float", w_content, "w_c: weight of the content energy (Eq. 7)", 0.0, 100.0),
         ParamSpec("visual_attention", "bool", True, "Visual cross-attention from the memory bank (Sec. 3.5)"),
         ParamSpec(
+            "gradient_regions",
+            "bool",
+            True,
+            "Each energy's gradient kept to its region (official code); off: the paper's gradient of the summed "
+            "energy, one backward pass on one latent (faster)",
+        ),
+        ParamSpec(
             "max_side", "int", 0, "Long side the model works at, in pixels (0 = the model's native size)", 0, 4096
         ),
     )
@@ -738,6 +748,9 @@ def _run(engine: Engine, request: EditRequest, task: str) -> MethodResult:
             setup.edited,
             setup.reference_mask,
         )
+    terms = setup.terms(p)
+    if not p["gradient_regions"]:
+        terms = [(_summed(terms), None)]
     # 3. Guided sampling from the task's start latent
     keep = correspondence_step(engine, steps)
     run = guided_sampling(
@@ -747,7 +760,7 @@ def _run(engine: Engine, request: EditRequest, task: str) -> MethodResult:
         result_cond,
         uncond,
         p["guidance"],
-        setup.terms(p),
+        terms,
         eta,
         guided_steps,
         rules,
@@ -783,6 +796,15 @@ def _run(engine: Engine, request: EditRequest, task: str) -> MethodResult:
             "note": "where the content under each point went: nearest decoder feature at t = 261 (DIFT)",
         }
     return MethodResult(image, metadata)
+
+
+def _summed(terms: Sequence[GuidanceTerm]) -> EnergyFunction:
+    """Eq. 7 as the paper writes it: one energy, the sum of the terms, whose gradient reaches every latent cell."""
+
+    def total(gen: torch.Tensor, gud: torch.Tensor) -> torch.Tensor:
+        return sum(term(gen, gud) for term, _ in terms)
+
+    return total
 
 
 def _mask_png(mask: torch.Tensor, size: tuple[int, int]) -> dict:
