@@ -30,9 +30,12 @@ n = 30 of 50 steps; the DDIM update then takes x0 from the guided noise and the 
 (`guided_ddim_step`), so the guidance moves only the clean-image estimate.
 
 Choices of the official code kept here (the paper does not say): features of both blocks resized to image / 4 before
-comparing; each energy's gradient kept to its region (edit inside, content outside); eta = slider x 1e3 x 0.08
-(move) or 0.04 (others); noise relocated cell by cell (nearest). Atelier's own additions: the toy-world model needs
-a larger eta (`MODEL_GAIN`); results carry their masks and a feature correspondence of points for the GUI.
+comparing; each energy's gradient kept to its region (edit inside, content outside; `gradient_regions` off gives
+the paper's gradient of the summed E, one backward pass on one latent instead of one per term); eta = slider x 1e3
+x 0.08 (move) or 0.04 (others); noise relocated cell by cell (nearest). Atelier's own additions: the toy-world model
+needs a larger eta (`MODEL_GAIN`); F_gud are kept in the memory bank, so a re-run on the same picture (bank from the
+inversion cache) computes neither the inversion nor them; results carry their masks and a feature correspondence
+of points for the GUI.
 """
 
 from __future__ import annotations
