@@ -40,6 +40,18 @@ def tiny():
     return load_model("tiny", device="cpu")
 
 
+@pytest.fixture(scope="module")
+def toyworld_engine():
+    """An Engine on Atelier's toy-world model (CPU), for behaviour tests judged by the world's ground truth."""
+    import torch
+
+    from backend.engine.context import Engine
+    from backend.models import load_model
+
+    torch.manual_seed(0)
+    return Engine(load_model("toyworld", device="cpu"))
+
+
 @pytest.fixture(scope="session")
 def tiny_xl():
     from backend.models import load_model

@@ -92,15 +92,6 @@ def test_start_latents_copy_noise_cells_rather_than_blend_them():
     torch.testing.assert_close(dragged[..., 3:6, 4:7], z_T[..., 1:4, 1:4])
 
 
-@pytest.fixture(scope="module")
-def toyworld_engine():
-    from backend.engine.context import Engine
-    from backend.models import load_model
-
-    torch.manual_seed(0)
-    return Engine(load_model("toyworld", device="cpu"))
-
-
 @pytest.mark.parametrize("task", ["move", "drag"])
 def test_dragon_moves_and_drags_objects_on_the_toy_world(toyworld_engine, task):
     """The first five cases of the suite (`python -m backend eval-dragon`), run through the registered method as the

@@ -16,13 +16,6 @@ from backend.engine.sampling import denoise, make_scheduler, predict_noise
 STEPS = 5
 
 
-@pytest.fixture(scope="module")
-def toyworld_engine():
-    from backend.models import load_model
-
-    return Engine(load_model("toyworld", device="cpu"))
-
-
 @pytest.fixture
 def banked(engine, scene):
     latents = engine.encode_image(scene)

@@ -32,3 +32,13 @@ def composite(original: np.ndarray, edited: np.ndarray, mask: np.ndarray | None,
     # Pixels the mask does not touch at all are copied exactly: unedited areas stay bit-identical.
     blended = original.astype(np.float32) * (1 - alpha) + edited.astype(np.float32) * alpha
     return np.where(alpha > 0, np.clip(blended.round(), 0, 255), original).astype(np.uint8)
+
+
+def mask_array(mask, size: tuple[int, int]) -> dict:
+    """A bool mask (tensor or array, any grid) as the protocol's encoded uint8 array (255 = in) at `size`
+    (nearest), for result metadata: the recipe keeps it and the GUI shows it."""
+    from backend.protocol import encode_array
+
+    values = mask.detach().cpu().numpy() if hasattr(mask, "detach") else np.asarray(mask)
+    pixels = Image.fromarray(values.astype(np.uint8) * 255).resize((size[1], size[0]), Image.Resampling.NEAREST)
+    return encode_array(np.asarray(pixels))

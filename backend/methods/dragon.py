@@ -57,7 +57,7 @@ from backend.engine.attention import (
     ReplaceKV,
     layer_resolution,
 )
-from backend.engine.blend import composite
+from backend.engine.blend import composite, mask_array
 from backend.engine.conditioning import Conditioning
 from backend.engine.context import Engine
 from backend.engine.features import FeatureTap
@@ -66,7 +66,7 @@ from backend.engine.memory_bank import MemoryBank, cached_memory_bank
 from backend.engine.sampling import make_scheduler, predict_noise, predicted_x0
 from backend.errors import InputError
 from backend.methods.registry import MethodResult, method
-from backend.protocol import INSIGHT_KEY, EditRequest, ParamSpec, encode_array
+from backend.protocol import INSIGHT_KEY, EditRequest, ParamSpec
 
 ALPHA = 1.0
 BETA = 4.0
@@ -778,7 +778,7 @@ def _run(engine: Engine, request: EditRequest, task: str) -> MethodResult:
         "step_size": eta,
         "guided_steps": guided_steps,
         "memory_bank": bank.describe(),
-        "masks": {name: _mask_png(mask, request.image.shape[:2]) for name, mask in setup.masks.items()},
+        "masks": {name: mask_array(mask, request.image.shape[:2]) for name, mask in setup.masks.items()},
         "energy": [round(value, 5) for value in run.energies],
     }
     if setup.track is not None:
@@ -808,14 +808,6 @@ def _summed(terms: Sequence[GuidanceTerm]) -> EnergyFunction:
         return sum(term(gen, gud) for term, _ in terms)
 
     return total
-
-
-def _mask_png(mask: torch.Tensor, size: tuple[int, int]) -> dict:
-    """A bool mask as a PNG (white = in) at the user's image size, for the recipe and the GUI."""
-    from PIL import Image
-
-    pixels = Image.fromarray(mask.cpu().numpy().astype(np.uint8) * 255).resize((size[1], size[0]), Image.NEAREST)
-    return encode_array(np.asarray(pixels))
 
 
 @dataclass

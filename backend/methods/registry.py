@@ -16,7 +16,7 @@ from backend.errors import UnknownMethod
 from backend.protocol import MethodInfo, ParamSpec
 
 # One module per paper or baseline; importing it registers its methods.
-METHOD_MODULES = ("backend.methods.baselines", "backend.methods.dragon")
+METHOD_MODULES = ("backend.methods.baselines", "backend.methods.dragon", "backend.methods.p2p")
 
 
 @dataclass
