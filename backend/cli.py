@@ -1,4 +1,5 @@
-"""`python -m backend …`: list-methods, describe, edit, segment, bench, train-toyworld, toyworld-samples.
+"""`python -m backend …`: list-methods, describe, edit, segment, bench, train-toyworld, toyworld-samples,
+eval-dragon, eval-mde.
 
 `edit` goes through the same client and worker process as the GUI; its method flags are built from the
 method's ParamSpecs, so every parameter the GUI shows is a flag here too.
@@ -73,6 +74,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     dragon.add_argument("eval_args", nargs="*")
     dragon.set_defaults(handler=_eval_dragon)
+    mde = commands.add_parser(
+        "eval-mde",
+        help="MDE-Edit vs NTI + P2P on two-object toy-world edits, judged by ground truth (see its --help)",
+        prefix_chars="+",
+        add_help=False,
+    )
+    mde.add_argument("eval_args", nargs="*")
+    mde.set_defaults(handler=_eval_mde)
     samples = commands.add_parser("toyworld-samples", help="write the toy-world sample pictures and their truth")
     samples.add_argument("folder", type=Path, nargs="?", default=None, help="default: resources/samples")
     samples.set_defaults(handler=_toyworld_samples)
@@ -413,6 +422,12 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _eval_dragon(args: argparse.Namespace) -> int:
     from backend.eval.dragon import main
+
+    return main(args.eval_args)
+
+
+def _eval_mde(args: argparse.Namespace) -> int:
+    from backend.eval.mde import main
 
     return main(args.eval_args)
 

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from backend.eval.toyworld import DetectedObject, background_psnr, detect_objects, mask_iou
+from backend.eval.toyworld import DetectedObject, background_psnr, detect_objects, mask_iou, summarise
 from backend.models.toyworld.world import SIZES, Scene, SceneObject, caption, render, scene_for_seed
 from backend.protocol import EditRequest, PointPair
 
@@ -296,21 +296,6 @@ def run_case(engine, case: Case, params: dict[str, Any] | None = None) -> tuple[
     request = dataclasses.replace(case.request, params={**case.request.params, **(params or {})})
     result = method.run(engine, validate_request(request, method.info), engine.report)
     return result.image, result.metadata
-
-
-def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Success rate and the means of the numeric columns (infinite PSNRs left out)."""
-    summary: dict[str, Any] = {"cases": len(rows), "success": sum(bool(r["success"]) for r in rows)}
-    summary["rate"] = summary["success"] / max(len(rows), 1)
-    for key in rows[0] if rows else ():
-        values = [r[key] for r in rows if isinstance(r[key], (int, float)) and not isinstance(r[key], bool)]
-        values = [v for v in values if math.isfinite(v)]
-        if values and key != "index":
-            summary[f"mean_{key}"] = round(float(np.mean(values)), 3)
-    for flag in ("left_behind", "same_shape", "colour_ok", "shape_ok"):
-        if rows and flag in rows[0]:
-            summary[flag] = sum(bool(r[flag]) for r in rows)
-    return summary
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -295,3 +296,18 @@ def _object_report(truth: ObjectTruth, found: DetectedObject | None) -> dict:
         "centroid_error": math.dist(found.centroid, truth.centroid),
         "iou": mask_iou(found.mask, truth.mask),
     }
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Success rate and the means of the numeric columns (infinite PSNRs left out)."""
+    summary: dict[str, Any] = {"cases": len(rows), "success": sum(bool(r["success"]) for r in rows)}
+    summary["rate"] = summary["success"] / max(len(rows), 1)
+    for key in rows[0] if rows else ():
+        values = [r[key] for r in rows if isinstance(r[key], (int, float)) and not isinstance(r[key], bool)]
+        values = [v for v in values if math.isfinite(v)]
+        if values and key != "index":
+            summary[f"mean_{key}"] = round(float(np.mean(values)), 3)
+    for flag in ("left_behind", "same_shape", "colour_ok", "shape_ok"):
+        if rows and flag in rows[0]:
+            summary[flag] = sum(bool(r[flag]) for r in rows)
+    return summary

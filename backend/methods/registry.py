@@ -16,7 +16,12 @@ from backend.errors import UnknownMethod
 from backend.protocol import MethodInfo, ParamSpec
 
 # One module per paper or baseline; importing it registers its methods.
-METHOD_MODULES = ("backend.methods.baselines", "backend.methods.dragon", "backend.methods.p2p")
+METHOD_MODULES = (
+    "backend.methods.baselines",
+    "backend.methods.dragon",
+    "backend.methods.p2p",
+    "backend.methods.mde_edit",
+)
 
 
 @dataclass
