@@ -104,3 +104,20 @@ def test_the_latent_optimisation_lowers_the_color_consistency_loss_on_the_toy_wo
     result = method.run(toyworld_engine, request, toyworld_engine.report)
     first_step = result.metadata["losses"][0]
     assert first_step["last"]["ccl"] < 0.8 * first_step["first"]["ccl"], result.metadata["losses"]
+
+
+def test_the_suite_judges_a_perfect_edit_a_success_and_the_untouched_picture_a_failure():
+    """The judge of `python -m backend eval-mde`: the edited scene rendered by the world passes every criterion, the
+    input picture (nothing edited) fails on the edits and keeps everything else."""
+    from backend.eval.mde import cases, judge
+    from backend.models.toyworld.world import render
+
+    suite = cases(6)
+    assert {tuple(c.kinds) for c in suite} >= {("recolour", "replace")} or len({tuple(c.kinds) for c in suite}) >= 2
+    assert any(c.overlapping for c in suite) and any(not c.overlapping for c in suite)
+    for case in suite:
+        perfect, _ = render(case.edited_scene, 128)
+        row = judge(case, perfect)
+        assert row["success"] and row["edited"] == 2 and row["bg_psnr"] >= 40 and row["bg_ssim"] > 0.999, row
+        untouched = judge(case, case.image)
+        assert not untouched["success"] and untouched["edited"] < 2 and untouched["kept"] == untouched["others"]

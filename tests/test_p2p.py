@@ -87,8 +87,10 @@ def test_coarse_layers_are_the_p2p_ones_on_sd_and_their_counterparts_on_the_toy_
         "up_blocks.1.attentions.0.transformer_blocks.0.attn2",
         "up_blocks.1.attentions.1.transformer_blocks.0.attn2",
     ]
-    two = coarse_self_layers(unet, (16, 16), 2)
-    assert "mid_block.attentions.0.transformer_blocks.0.attn1" in two and not any(".0.attentions" in n for n in two)
+    assert coarse_self_layers(unet, (16, 16)) == ["mid_block.attentions.0.transformer_blocks.0.attn1"]  # side / 4
+    half = coarse_self_layers(unet, (16, 16), 0.5)  # MDE-Edit: the 8 x 8 layers too, never the 16 x 16 ones
+    assert "up_blocks.1.attentions.0.transformer_blocks.0.attn1" in half and not any("blocks.2." in n for n in half)
+    assert not any(n.startswith("down_blocks.0") for n in half)
 
 
 def test_local_blend_keeps_the_source_outside_the_words_attention():

@@ -10,7 +10,7 @@ source branch, re-indexed from source to target tokens:
 - **refine** (words added or removed: "a circle" -> "a striped circle"): target tokens that a word alignment of the
   two prompts pairs with a source token take that token's map, new tokens keep their own (`refinement_mapper`).
 Self-attention maps are copied from the source in [self_from, self_until) of the steps, on the coarse layers only
-(P2P: the layers with at most 16 x 16 queries at 512 px, i.e. the two coarsest attention grids; MDE-Edit: three).
+(P2P: at most 16 x 16 queries at 512 px, a quarter of the latent's side; MDE-Edit's code: 32 x 32, half of it).
 A **LocalBlend** keeps everything outside the edited words' attention: after each step from 20 % of the steps on,
 x_t(target) = x_t(source) + mask (x_t(target) - x_t(source)), the mask from the words' cross-attention on the
 coarsest down/up layers (3 x 3 max-pool, upsampled, normalised by its max, > 0.3).
@@ -154,10 +154,19 @@ def attention_grids(unet, latent_size: tuple[int, int]) -> list[tuple[int, int]]
     return sorted(grids, key=lambda grid: grid[0] * grid[1])
 
 
-def coarse_self_layers(unet, latent_size: tuple[int, int], levels: int) -> list[str]:
-    """Self-attention layers on the `levels` coarsest attention grids (P2P: 2, i.e. <= 16 x 16 at 512 px)."""
-    keep = set(attention_grids(unet, latent_size)[:levels])
-    return [layer for layer in attention_layers(unet, "self") if layer_resolution(unet, layer, latent_size) in keep]
+P2P_SELF_FRACTION = 0.25  # P2P: self-attention maps of at most 16 x 16 queries at 512 px (latent 64): side / 4
+MDE_SELF_FRACTION = 0.5  # MDE-Edit's code: at most 32 x 32 (side / 2)
+
+
+def coarse_self_layers(unet, latent_size: tuple[int, int], fraction: float = P2P_SELF_FRACTION) -> list[str]:
+    """Self-attention layers whose query grid is at most `fraction` of the latent's side: the same share of the
+    picture's scale on any model (SD at 512 px: 16 x 16 and 8 x 8 for P2P; the toy-world model's 4 x 4 mid block)."""
+    limit = (latent_size[0] * fraction, latent_size[1] * fraction)
+    return [
+        layer
+        for layer in attention_layers(unet, "self")
+        if all(side <= bound for side, bound in zip(layer_resolution(unet, layer, latent_size), limit))
+    ]
 
 
 def blend_layers(unet, latent_size: tuple[int, int]) -> list[str]:
@@ -263,11 +272,11 @@ class P2PInject(AttentionRule):
 
 
 def p2p_rules(
-    unet, control: P2PControl, latent_size: tuple[int, int], self_levels: int = 2
+    unet, control: P2PControl, latent_size: tuple[int, int], self_fraction: float = P2P_SELF_FRACTION
 ) -> dict[str, AttentionRule]:
-    """P2P rules for every cross-attention layer and the coarse self-attention layers."""
+    """P2P rules for every cross-attention layer and the coarse self-attention layers (`coarse_self_layers`)."""
     rules: dict[str, AttentionRule] = {layer: P2PInject(control, True) for layer in attention_layers(unet, "cross")}
-    for layer in coarse_self_layers(unet, latent_size, self_levels):
+    for layer in coarse_self_layers(unet, latent_size, self_fraction):
         rules[layer] = P2PInject(control, False)
     return rules
 

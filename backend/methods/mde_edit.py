@@ -40,7 +40,7 @@ from backend.engine.conditioning import Conditioning
 from backend.engine.context import Engine
 from backend.engine.inversion import alpha_at
 from backend.engine.null_text import cached_null_text_inversion
-from backend.engine.p2p import P2PControl, _words, blend_layers, p2p_control, p2p_rules
+from backend.engine.p2p import MDE_SELF_FRACTION, P2PControl, _words, blend_layers, p2p_control, p2p_rules
 from backend.engine.sampling import make_scheduler
 from backend.errors import InputError
 from backend.methods.p2p import NTI_PARAMS, SD1_FAMILIES, two_branch_step
@@ -294,7 +294,8 @@ def mde_edit(engine: Engine, request: EditRequest, report) -> MethodResult:
         request.negative_prompt,
     )
     capture = CaptureMaps()
-    rules: dict = {layer: [rule] for layer, rule in p2p_rules(engine.unet, control, latent_size, 3).items()}
+    injection = p2p_rules(engine.unet, control, latent_size, MDE_SELF_FRACTION)
+    rules: dict = {layer: [rule] for layer, rule in injection.items()}
     for layer in loss_layers:
         rules[layer].append(capture)  # after the injection: the maps the edit branch attends with
     scheduler = make_scheduler(engine, steps)
