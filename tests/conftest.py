@@ -48,8 +48,11 @@ def toyworld_engine():
     from backend.engine.context import Engine
     from backend.models import load_model
 
+    from backend.engine.cache import LRUBytesCache
+
     torch.manual_seed(0)
-    return Engine(load_model("toyworld", device="cpu"))
+    # As the app: inversions cached, so runs of one case with other settings (ablations) invert once.
+    return Engine(load_model("toyworld", device="cpu"), inversion_cache=LRUBytesCache(2**30))
 
 
 @pytest.fixture(scope="session")
