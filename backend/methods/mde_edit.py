@@ -38,6 +38,7 @@ from backend.engine.attention import AttentionCall, AttentionController, Attenti
 from backend.engine.blend import composite, mask_array
 from backend.engine.conditioning import Conditioning
 from backend.engine.context import Engine
+from backend.engine.features import FeatureTap
 from backend.engine.inversion import alpha_at
 from backend.engine.null_text import cached_null_text_inversion
 from backend.engine.p2p import MDE_SELF_FRACTION, P2PControl, _words, blend_layers, p2p_control, p2p_rules
@@ -313,7 +314,20 @@ def mde_edit(engine: Engine, request: EditRequest, report) -> MethodResult:
                 alpha = alpha_at(scheduler, int(t)).to(engine.device, torch.float32)
                 sigma = ((1 - alpha) / alpha).sqrt() * p["step_scale"]
                 edited, record = optimise_latent(
-                    engine, control, capture, pair, t, source, target, targets, shared, region, grid, sigma, p
+                    engine,
+                    control,
+                    capture,
+                    pair,
+                    t,
+                    source,
+                    target,
+                    targets,
+                    shared,
+                    region,
+                    grid,
+                    sigma,
+                    loss_layers,
+                    p,
                 )
                 pair = torch.cat([pair[:1], edited])
                 losses.append(record)
@@ -351,13 +365,17 @@ def optimise_latent(
     region: torch.Tensor,
     grid: tuple[int, int],
     sigma: torch.Tensor,
+    loss_layers: list[str],
     p: dict,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Sec. 4.3: `iterations` gradient steps on the edit branch's latent at this step, inside `region` (Eq. 8)."""
+    # The losses read the coarse layers only: both passes stop after the up block holding the last of them (the
+    # finer up blocks, the costliest part of the UNet, cannot change the loss).
+    stop = max(int(layer.split(".")[1]) for layer in loss_layers if layer.startswith("up_blocks."))
     control.layout = "separate"
     control.branch = "source"
     with torch.no_grad():
-        engine.unet(pair[:1], t, **source.unet_kwargs())  # the reconstruction's maps for the injection
+        FeatureTap(engine.unet, (stop,), truncate=True).run(pair[:1], t, **source.unet_kwargs())
     latent = pair[1:].detach().float()
     control.branch = "target"
     first = last = None
@@ -366,7 +384,9 @@ def optimise_latent(
         latent = latent.detach().requires_grad_(True)
         capture.maps, capture.on = [], True
         with torch.enable_grad():
-            engine.unet(latent.to(engine.dtype), t, **target.unet_kwargs())
+            FeatureTap(engine.unet, (stop,), truncate=True, detach=False).run(
+                latent.to(engine.dtype), t, **target.unet_kwargs()
+            )
             capture.on = False
             maps = averaged_maps(capture.maps, grid).float()
             oal = oal_loss(maps, targets, p["oal_loss"]) if p["oal_weight"] else maps.new_zeros(())
