@@ -45,10 +45,9 @@ def toyworld_engine():
     """An Engine on Atelier's toy-world model (CPU), for behaviour tests judged by the world's ground truth."""
     import torch
 
+    from backend.engine.cache import LRUBytesCache
     from backend.engine.context import Engine
     from backend.models import load_model
-
-    from backend.engine.cache import LRUBytesCache
 
     torch.manual_seed(0)
     # As the app: inversions cached, so runs of one case with other settings (ablations) invert once.
