@@ -137,3 +137,20 @@ def test_mde_edit_makes_both_edits_where_its_losses_are_needed_on_the_toy_world(
     assert all(row["edited"] == 2 for row in with_losses), with_losses
     without = [judge(case, run_case(toyworld_engine, case, "mde-no-losses")[0]) for case in chosen]
     assert sum(row["edited"] == 2 for row in without) <= 1, without
+
+
+def test_mde_edit_optimises_in_fp32_on_a_half_precision_model_and_gives_the_model_back_as_it_was(scene):
+    """bf16 stands in for a GPU's fp16 (the CPU has no fp16 convolutions): null-text inversion and MDE-Edit's latent
+    optimisation lift the UNet to fp32 (they do not converge in half precision) and put it back."""
+    from backend.engine.context import Engine
+    from backend.methods.registry import get_method
+    from backend.models import load_model
+    from backend.validation import validate_request
+
+    bundle = load_model("tiny", device="cpu", dtype="bf16")
+    engine = Engine(bundle)
+    request = _request(scene, ["blue square", "red square"])
+    method = get_method("mde-edit")
+    result = method.run(engine, validate_request(request, method.info), engine.report)
+    assert result.image.shape == scene.shape and result.metadata["losses"]
+    assert next(bundle.unet.parameters()).dtype == torch.bfloat16

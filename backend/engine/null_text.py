@@ -92,8 +92,8 @@ def null_text_invert(
     Progress is reported per step ("null-text inversion"); cancelling is checked at every inner iteration."""
     with fp32_unet(engine):
         latents = latents.float()
-        cond = _fp32(cond)
-        uncond = _fp32(uncond)
+        cond = as_fp32(cond)
+        uncond = as_fp32(uncond)
         pivots = ddim_invert(engine, latents, cond, steps, stage="inverting (DDIM pivots)")
         scheduler = make_scheduler(engine, steps)
         ratio = scheduler.config.num_train_timesteps // steps
@@ -131,7 +131,8 @@ def null_text_invert(
     return NullTextInversion(pivots[-1].to(engine.dtype), kept, losses, guidance)
 
 
-def _fp32(conditioning: Conditioning) -> Conditioning:
+def as_fp32(conditioning: Conditioning) -> Conditioning:
+    """The same conditioning with its floating-point parts in fp32."""
     return Conditioning(*(x.float() if x is not None and x.is_floating_point() else x for x in conditioning._parts()))
 
 

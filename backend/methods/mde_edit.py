@@ -40,7 +40,7 @@ from backend.engine.conditioning import Conditioning
 from backend.engine.context import Engine
 from backend.engine.features import FeatureTap
 from backend.engine.inversion import alpha_at
-from backend.engine.null_text import cached_null_text_inversion
+from backend.engine.null_text import as_fp32, cached_null_text_inversion, fp32_unet
 from backend.engine.p2p import MDE_SELF_FRACTION, P2PControl, _words, blend_layers, p2p_control, p2p_rules
 from backend.engine.sampling import make_scheduler
 from backend.errors import InputError
@@ -302,11 +302,14 @@ def mde_edit(engine: Engine, request: EditRequest, report) -> MethodResult:
     scheduler = make_scheduler(engine, steps)
     optimise_until = round(p["optimise_until"] * steps)
     blend_from = steps - round(p["blend_last"] * steps)
+    # fp32 throughout, as the released code: the latent optimisation does not work in half precision.
+    source, target, uncond = as_fp32(source), as_fp32(target), as_fp32(uncond)
     conds = Conditioning.cat([source, target])
-    pair = torch.cat([inversion.z_T, inversion.z_T]).to(engine.device, engine.dtype)
+    pair = torch.cat([inversion.z_T, inversion.z_T]).to(engine.device, torch.float32)
+    region = region.float()
     losses: list[dict[str, float]] = []
     controller = AttentionController(engine.unet)
-    with controller.installed(rules):
+    with fp32_unet(engine), controller.installed(rules):
         for step, t in enumerate(scheduler.timesteps):
             engine.report.check_cancel()
             controller.step = step
@@ -384,9 +387,7 @@ def optimise_latent(
         latent = latent.detach().requires_grad_(True)
         capture.maps, capture.on = [], True
         with torch.enable_grad():
-            FeatureTap(engine.unet, (stop,), truncate=True, detach=False).run(
-                latent.to(engine.dtype), t, **target.unet_kwargs()
-            )
+            FeatureTap(engine.unet, (stop,), truncate=True, detach=False).run(latent, t, **target.unet_kwargs())
             capture.on = False
             maps = averaged_maps(capture.maps, grid).float()
             oal = oal_loss(maps, targets, p["oal_loss"]) if p["oal_weight"] else maps.new_zeros(())
@@ -400,4 +401,4 @@ def optimise_latent(
         (gradient,) = torch.autograd.grad(loss, latent)
         latent = latent.detach() - sigma * region.float() * gradient
     capture.maps = []
-    return latent.detach().to(pair.dtype), {"first": first, "last": last}
+    return latent.detach(), {"first": first, "last": last}
