@@ -154,3 +154,9 @@ def test_mde_edit_optimises_in_fp32_on_a_half_precision_model_and_gives_the_mode
     result = method.run(engine, validate_request(request, method.info), engine.report)
     assert result.image.shape == scene.shape and result.metadata["losses"]
     assert next(bundle.unet.parameters()).dtype == torch.bfloat16
+
+
+def test_a_word_missing_from_the_target_prompt_is_refused_before_the_slow_inversion(run_job, scene):
+    events = run_job(_request(scene, ["green", "red"]))
+    assert events[-1].kind == "error" and "green are not in the target prompt" in events[-1].message
+    assert not [e for e in events if e.kind == "progress" and "inversion" in (e.stage or "")]

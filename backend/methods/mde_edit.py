@@ -40,11 +40,12 @@ from backend.engine.conditioning import Conditioning
 from backend.engine.context import Engine
 from backend.engine.features import FeatureTap
 from backend.engine.inversion import alpha_at
-from backend.engine.null_text import as_fp32, cached_null_text_inversion, fp32_unet
-from backend.engine.p2p import MDE_SELF_FRACTION, P2PControl, _words, blend_layers, p2p_control, p2p_rules
+from backend.engine.null_text import as_fp32, fp32_unet
+from backend.engine.p2p import MDE_SELF_FRACTION, P2PControl, _words, blend_layers, p2p_rules
 from backend.engine.sampling import make_scheduler
 from backend.errors import InputError
-from backend.methods.p2p import NTI_PARAMS, SD1_FAMILIES, two_branch_step
+from backend.methods.baselines import MAX_SIDE
+from backend.methods.p2p import NTI_PARAMS, SD1_FAMILIES, prepare_prompt_edit, two_branch_step
 from backend.methods.registry import MethodResult, method
 from backend.models.toyworld.world import COLOURS, FILLS, TEXTURES
 from backend.protocol import EditRequest, ParamSpec
@@ -252,48 +253,27 @@ def shared_tokens(control: P2PControl, target_count: int) -> list[int]:
         ParamSpec("self_replace", "float", 0.5, "Self-attention from the source in this part of the steps", 0, 1),
         ParamSpec("blend_last", "float", 0.3, "Keep the source outside the masks in this last part (15 of 50)", 0, 1),
         *NTI_PARAMS,
-        ParamSpec(
-            "max_side", "int", 0, "Long side the model works at, in pixels (0 = the model's native size)", 0, 4096
-        ),
+        MAX_SIDE,
     ),
 )
 def mde_edit(engine: Engine, request: EditRequest, report) -> MethodResult:
     p = request.params
-    working, latents = engine.prepare_image(request.image, p["max_side"] or None)
-    size = working.shape[:2]
-    latent_size = tuple(latents.shape[-2:])
     steps = p["steps"]
-    source = engine.encode_prompts([request.source_prompt], size=size)
-    target = engine.encode_prompts([request.target_prompt], size=size)
-    uncond = engine.encode_prompts([request.negative_prompt], size=size)
-    control = p2p_control(
-        engine.bundle,
-        request.source_prompt,
-        request.target_prompt,
-        steps,
-        "refine",
-        p["cross_replace"],
-        (0.0, p["self_replace"]),
-    )
+    bound: list[EditTarget] = []
+
+    def bind(size: tuple[int, int], latent_size: tuple[int, int]) -> None:  # word errors before the inversion
+        coarse = layer_resolution(engine.unet, blend_layers(engine.unet, latent_size)[0], latent_size)
+        bound.extend(edit_targets(engine, request, (coarse[0] * 2, coarse[1] * 2), size))
+
+    edit = prepare_prompt_edit(engine, request, "refine", bind)  # Eq. 3: shared tokens from the source, new own
+    control, inversion, latent_size = edit.control, edit.inversion, edit.latent_size
+    size = edit.working.shape[:2]
     loss_layers = blend_layers(engine.unet, latent_size)
     coarse = layer_resolution(engine.unet, loss_layers[0], latent_size)
     grid = (coarse[0] * 2, coarse[1] * 2)
-    targets = edit_targets(engine, request, grid, size)
+    targets = bound
     shared = shared_tokens(control, len(engine.bundle.tokenizers[0](request.target_prompt).input_ids))
-    region = union_mask(request, latent_size, size).to(engine.device, engine.dtype)
-    inversion = cached_null_text_inversion(
-        engine,
-        working,
-        latents,
-        request.source_prompt,
-        source,
-        uncond,
-        steps,
-        p["guidance"],
-        p["nti_inner_steps"],
-        p["nti_epsilon"],
-        request.negative_prompt,
-    )
+    region = union_mask(request, latent_size, size).to(engine.device)
     capture = CaptureMaps()
     injection = p2p_rules(engine.unet, control, latent_size, MDE_SELF_FRACTION)
     rules: dict = {layer: [rule] for layer, rule in injection.items()}
@@ -303,7 +283,7 @@ def mde_edit(engine: Engine, request: EditRequest, report) -> MethodResult:
     optimise_until = round(p["optimise_until"] * steps)
     blend_from = steps - round(p["blend_last"] * steps)
     # fp32 throughout, as the released code: the latent optimisation does not work in half precision.
-    source, target, uncond = as_fp32(source), as_fp32(target), as_fp32(uncond)
+    source, target, uncond = as_fp32(edit.source), as_fp32(edit.target), as_fp32(edit.uncond)
     conds = Conditioning.cat([source, target])
     pair = torch.cat([inversion.z_T, inversion.z_T]).to(engine.device, torch.float32)
     region = region.float()

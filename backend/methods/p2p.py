@@ -14,6 +14,9 @@ Card: shared/METHODS.md section 5a-5b; defaults from the reference notebooks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -22,9 +25,10 @@ from backend.engine.blend import composite, mask_array
 from backend.engine.conditioning import Conditioning
 from backend.engine.context import Engine
 from backend.engine.null_text import NTI_EPSILON, NTI_INNER_STEPS, NullTextInversion, cached_null_text_inversion
-from backend.engine.p2p import LocalBlend, _align, _words, p2p_control, p2p_rules, word_tokens
+from backend.engine.p2p import LocalBlend, P2PControl, _align, _words, p2p_control, p2p_rules, word_tokens
 from backend.engine.sampling import make_scheduler
 from backend.errors import InputError
+from backend.methods.baselines import MAX_SIDE
 from backend.methods.registry import MethodResult, method
 from backend.protocol import EditRequest, ParamSpec
 
@@ -94,6 +98,58 @@ def p2p_sample(
     return latents
 
 
+@dataclass
+class PromptEdit:
+    """What a prompt edit (NTI + P2P, MDE-Edit) starts from: the working picture's latents, the three prompts'
+    conditioning, the P2P controller and the null-text inversion with the source prompt."""
+
+    working: np.ndarray
+    latent_size: tuple[int, int]
+    source: Conditioning
+    target: Conditioning
+    uncond: Conditioning
+    control: P2PControl
+    inversion: NullTextInversion
+
+
+def prepare_prompt_edit(
+    engine: Engine, request: EditRequest, mode: str, check: Callable[[tuple[int, int], tuple[int, int]], None] = None
+) -> PromptEdit:
+    """Prompts encoded, the controller built and `check(working size, latent size)` run - their errors come before
+    the slow part - then the inversion (cached)."""
+    p = request.params
+    working, latents = engine.prepare_image(request.image, p["max_side"] or None)
+    size = working.shape[:2]
+    source = engine.encode_prompts([request.source_prompt], size=size)
+    target = engine.encode_prompts([request.target_prompt], size=size)
+    uncond = engine.encode_prompts([request.negative_prompt], size=size)
+    control = p2p_control(
+        engine.bundle,
+        request.source_prompt,
+        request.target_prompt,
+        p["steps"],
+        mode,
+        p["cross_replace"],
+        (0.0, p["self_replace"]),
+    )
+    if check is not None:
+        check(size, tuple(latents.shape[-2:]))
+    inversion = cached_null_text_inversion(
+        engine,
+        working,
+        latents,
+        request.source_prompt,
+        source,
+        uncond,
+        p["steps"],
+        p["guidance"],
+        p["nti_inner_steps"],
+        p["nti_epsilon"],
+        request.negative_prompt,
+    )
+    return PromptEdit(working, tuple(latents.shape[-2:]), source, target, uncond, control, inversion)
+
+
 @method(
     id="nti-p2p",
     title="Null-text inversion + Prompt-to-Prompt",
@@ -126,41 +182,14 @@ def p2p_sample(
         ),
         ParamSpec("blend_threshold", "float", 0.3, "LocalBlend mask threshold (of the map's maximum)", 0, 1),
         *NTI_PARAMS,
-        ParamSpec(
-            "max_side", "int", 0, "Long side the model works at, in pixels (0 = the model's native size)", 0, 4096
-        ),
+        MAX_SIDE,
     ),
 )
 def nti_p2p(engine: Engine, request: EditRequest, report) -> MethodResult:
     p = request.params
-    working, latents = engine.prepare_image(request.image, p["max_side"] or None)
-    size = working.shape[:2]
-    latent_size = tuple(latents.shape[-2:])
-    source = engine.encode_prompts([request.source_prompt], size=size)
-    target = engine.encode_prompts([request.target_prompt], size=size)
-    uncond = engine.encode_prompts([request.negative_prompt], size=size)
-    control = p2p_control(
-        engine.bundle,
-        request.source_prompt,
-        request.target_prompt,
-        p["steps"],
-        p["mode"],
-        p["cross_replace"],
-        (0.0, p["self_replace"]),
-    )
-    inversion = cached_null_text_inversion(
-        engine,
-        working,
-        latents,
-        request.source_prompt,
-        source,
-        uncond,
-        p["steps"],
-        p["guidance"],
-        p["nti_inner_steps"],
-        p["nti_epsilon"],
-        request.negative_prompt,
-    )
+    edit = prepare_prompt_edit(engine, request, p["mode"])
+    control, inversion, latent_size = edit.control, edit.inversion, edit.latent_size
+    source, target, uncond = edit.source, edit.target, edit.uncond
     rules: dict = {layer: [rule] for layer, rule in p2p_rules(engine.unet, control, latent_size).items()}
     blend = None
     metadata: dict = {"mode": control.mode, "nti_loss": [round(v, 7) for v in inversion.losses]}
