@@ -44,7 +44,7 @@ from backend.engine.null_text import as_fp32, fp32_unet
 from backend.engine.p2p import MDE_SELF_FRACTION, P2PControl, _words, blend_layers, p2p_rules
 from backend.engine.sampling import make_scheduler
 from backend.errors import InputError
-from backend.methods.baselines import MAX_SIDE
+from backend.methods.baselines import GUIDANCE, MAX_SIDE
 from backend.methods.p2p import NTI_PARAMS, SD1_FAMILIES, prepare_prompt_edit, two_branch_step
 from backend.methods.registry import MethodResult, method
 from backend.models.toyworld.world import COLOURS, FILLS, TEXTURES
@@ -233,7 +233,7 @@ def shared_tokens(control: P2PControl, target_count: int) -> list[int]:
     optional_inputs=("negative_prompt",),
     params=(
         ParamSpec("steps", "int", 50, "DDIM steps (inversion and editing)", 2, 1000, label="Steps"),
-        ParamSpec("guidance", "float", 7.5, "Classifier-free guidance scale w", 1.0, 30.0, label="Guidance"),
+        GUIDANCE,
         ParamSpec("optimise_until", "float", 0.4, "Latent optimisation in this part of the steps (20 of 50)", 0, 1),
         ParamSpec("iterations", "int", 15, "Optimisation iterations per step", 0, 100),
         ParamSpec("oal_weight", "float", 1.0, "lambda1: Object Alignment Loss weight (0 = without OAL)", 0, 100),

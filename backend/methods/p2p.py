@@ -28,7 +28,7 @@ from backend.engine.null_text import NTI_EPSILON, NTI_INNER_STEPS, NullTextInver
 from backend.engine.p2p import LocalBlend, P2PControl, _align, _words, p2p_control, p2p_rules, word_tokens
 from backend.engine.sampling import make_scheduler
 from backend.errors import InputError
-from backend.methods.baselines import MAX_SIDE
+from backend.methods.baselines import GUIDANCE, MAX_SIDE
 from backend.methods.registry import MethodResult, method
 from backend.protocol import EditRequest, ParamSpec
 
@@ -159,7 +159,7 @@ def prepare_prompt_edit(
     optional_inputs=("negative_prompt",),
     params=(
         ParamSpec("steps", "int", 50, "DDIM steps (inversion and editing)", 2, 1000, label="Steps"),
-        ParamSpec("guidance", "float", 7.5, "Classifier-free guidance scale w", 1.0, 30.0, label="Guidance"),
+        GUIDANCE,
         ParamSpec(
             "mode",
             "choice",
