@@ -32,7 +32,7 @@ from backend.methods.baselines import GUIDANCE, MAX_SIDE
 from backend.methods.registry import MethodResult, method
 from backend.protocol import EditRequest, ParamSpec
 
-SD1_FAMILIES = ("sd1", "sd2")
+SD1_FAMILIES = ("sd1",)  # sd2's 768-v models predict v; the null-text step here assumes eps
 
 NTI_PARAMS = (
     ParamSpec("nti_inner_steps", "int", NTI_INNER_STEPS, "Null-text optimisation iterations per step (most)", 1, 100),
