@@ -66,22 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("trainer_args", nargs="*")
     train.set_defaults(handler=_train_toyworld)
-    dragon = commands.add_parser(
-        "eval-dragon",
-        help="DragonDiffusion's five tasks on toy-world scenes, judged by ground truth (see its --help)",
-        prefix_chars="+",
-        add_help=False,
-    )
-    dragon.add_argument("eval_args", nargs="*")
-    dragon.set_defaults(handler=_eval_dragon)
-    mde = commands.add_parser(
-        "eval-mde",
-        help="MDE-Edit vs NTI + P2P on two-object toy-world edits, judged by ground truth (see its --help)",
-        prefix_chars="+",
-        add_help=False,
-    )
-    mde.add_argument("eval_args", nargs="*")
-    mde.set_defaults(handler=_eval_mde)
+    # The suites parse their own flags (prefix_chars="+" passes every flag through, --help included).
+    for name, what in EVAL_SUITES.items():
+        suite = commands.add_parser(name, help=f"{what} (see its --help)", prefix_chars="+", add_help=False)
+        suite.add_argument("eval_args", nargs="*")
+        suite.set_defaults(handler=_eval_suite, suite=name)
     samples = commands.add_parser("toyworld-samples", help="write the toy-world sample pictures and their truth")
     samples.add_argument("folder", type=Path, nargs="?", default=None, help="default: resources/samples")
     samples.set_defaults(handler=_toyworld_samples)
@@ -420,16 +409,17 @@ def _bench(args: argparse.Namespace) -> int:
 # --- train-toyworld ----------------------------------------------------------------------------------------
 
 
-def _eval_dragon(args: argparse.Namespace) -> int:
-    from backend.eval.dragon import main
+EVAL_SUITES = {
+    "eval-dragon": "DragonDiffusion's five tasks on toy-world scenes, judged by ground truth",
+    "eval-mde": "MDE-Edit vs NTI + P2P on two-object toy-world edits, judged by ground truth",
+}
 
-    return main(args.eval_args)
 
+def _eval_suite(args: argparse.Namespace) -> int:
+    import importlib
 
-def _eval_mde(args: argparse.Namespace) -> int:
-    from backend.eval.mde import main
-
-    return main(args.eval_args)
+    module = importlib.import_module(f"backend.eval.{args.suite.removeprefix('eval-')}")
+    return module.main(args.eval_args)
 
 
 def _train_toyworld(args: argparse.Namespace) -> int:

@@ -112,3 +112,20 @@ def test_segment_writes_the_clicked_objects_mask(tmp_path, scene, capsys):
     assert "fallback" in capsys.readouterr().out
     assert main(["segment", "--image", str(tmp_path / "scene.png"), "--click", "15", "--out", str(out)]) == 2
     assert "--click '15' needs 2 comma-separated numbers" in capsys.readouterr().err
+
+
+def test_the_toy_world_suites_run_from_the_cli_and_write_their_tables(tmp_path, capsys):
+    """`eval-dragon` and `eval-mde` (their own flags) on one case at 2 steps: the JSON holds the judged rows and the
+    summary; a wrong variant is refused by name."""
+    dragon, mde = tmp_path / "dragon.json", tmp_path / "mde.json"
+    assert main(["eval-dragon", "--tasks", "move", "--count", "1", "--steps", "2", "--json", str(dragon)]) == 0
+    moved = json.loads(dragon.read_text())["tasks"]["move"]
+    assert moved["summary"]["cases"] == 1 and {"reached", "bg_psnr", "success"} <= moved["rows"][0].keys()
+    arguments = ["eval-mde", "--count", "1", "--steps", "2", "--variants", "nti-p2p", "--json", str(mde)]
+    assert main([*arguments, "--param", "nti_inner_steps=1"]) == 0
+    report = json.loads(mde.read_text())["variants"]["nti-p2p"]
+    assert report["summary"]["cases"] == 1 and {"edited", "bg_ssim", "overlapping"} <= report["rows"][0].keys()
+    assert "nti-p2p SUMMARY" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["eval-mde", "--variants", "mde-edit,nope"])
+    assert "unknown variant(s) nope" in capsys.readouterr().err
