@@ -29,6 +29,7 @@ code's runs over heads, which the card flags as a bug).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -259,21 +260,19 @@ def shared_tokens(control: P2PControl, target_count: int) -> list[int]:
 def mde_edit(engine: Engine, request: EditRequest, report) -> MethodResult:
     p = request.params
     steps = p["steps"]
-    bound: list[EditTarget] = []
+    found: dict[str, Any] = {}
 
     def bind(size: tuple[int, int], latent_size: tuple[int, int]) -> None:  # word errors before the inversion
-        coarse = layer_resolution(engine.unet, blend_layers(engine.unet, latent_size)[0], latent_size)
-        bound.extend(edit_targets(engine, request, (coarse[0] * 2, coarse[1] * 2), size))
+        layers = blend_layers(engine.unet, latent_size)
+        coarse = layer_resolution(engine.unet, layers[0], latent_size)
+        found.update(layers=layers, grid=(coarse[0] * 2, coarse[1] * 2))  # OAL grid: twice the coarse layers'
+        found["targets"] = edit_targets(engine, request, found["grid"], size)
 
     edit = prepare_prompt_edit(engine, request, "refine", bind)  # Eq. 3: shared tokens from the source, new own
     control, inversion, latent_size = edit.control, edit.inversion, edit.latent_size
-    size = edit.working.shape[:2]
-    loss_layers = blend_layers(engine.unet, latent_size)
-    coarse = layer_resolution(engine.unet, loss_layers[0], latent_size)
-    grid = (coarse[0] * 2, coarse[1] * 2)
-    targets = bound
+    loss_layers, grid, targets = found["layers"], found["grid"], found["targets"]
     shared = shared_tokens(control, len(engine.bundle.tokenizers[0](request.target_prompt).input_ids))
-    region = union_mask(request, latent_size, size).to(engine.device)
+    region = union_mask(request, latent_size, edit.working.shape[:2]).to(engine.device, torch.float32)
     capture = CaptureMaps()
     injection = p2p_rules(engine.unet, control, latent_size, MDE_SELF_FRACTION)
     rules: dict = {layer: [rule] for layer, rule in injection.items()}
@@ -286,7 +285,6 @@ def mde_edit(engine: Engine, request: EditRequest, report) -> MethodResult:
     source, target, uncond = as_fp32(edit.source), as_fp32(edit.target), as_fp32(edit.uncond)
     conds = Conditioning.cat([source, target])
     pair = torch.cat([inversion.z_T, inversion.z_T]).to(engine.device, torch.float32)
-    region = region.float()
     losses: list[dict[str, float]] = []
     controller = AttentionController(engine.unet)
     with fp32_unet(engine), controller.installed(rules):
