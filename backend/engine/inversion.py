@@ -7,6 +7,8 @@ why inversion drifts at large guidance scales (null-text inversion fixes that fo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from diffusers import DDIMScheduler
 
@@ -42,12 +44,14 @@ def ddim_invert(
     guidance_scale: float = 1.0,
     stage: str = "inverting",
     controller: AttentionController | None = None,
+    regularise: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
     """Trajectory [z_0, z_{t_1}, …, z_T] (len steps + 1); trajectory[-1 - i] pairs with scheduler.timesteps[i].
 
     With a `controller`, its step is set before each UNet call to the index of the *sampling* step that uses the
     same timestep (steps - 1 - inversion index), so whatever attention rules record here (a memory bank's K/V) is
-    found under the step that will read it."""
+    found under the step that will read it. `regularise` rewrites each predicted noise before the step uses it
+    (pix2pix-zero's noise regularisation: backend/engine/noise_reg.py)."""
     scheduler = make_scheduler(engine, steps)
     ratio = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
     trajectory = [latents]
@@ -57,6 +61,8 @@ def ddim_invert(
         if controller is not None:
             controller.step = steps - 1 - index
         eps = predict_noise(engine, latents, t, cond, uncond, guidance_scale)
+        if regularise is not None:
+            eps = regularise(eps)
         latents = ddim_step_between(scheduler, latents, eps, int(t) - ratio, int(t))
         trajectory.append(latents)
         engine.report.progress(index + 1, steps, stage)
