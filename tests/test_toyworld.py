@@ -218,6 +218,22 @@ def test_patterned_fills_are_found_as_one_object():
             assert [(d.colour, d.shape) for d in found] == [(obj.colour, obj.shape)], (fill, obj)
 
 
+@pytest.mark.parametrize("kind, bar", [("clean", 0.95), ("blur", 0.95), ("noise", 0.95), ("jpeg", 0.9), ("all", 0.8)])
+def test_judge_reads_fills(kind, bar):
+    rng = np.random.default_rng(15)
+    right, total = 0, 0
+    for fill in FILLS:
+        for index in range(20):
+            scene = scene_for_seed(15, index, n_objects=1)
+            obj = dataclasses.replace(scene.objects[0], fill=fill)
+            rgb = render(dataclasses.replace(scene, objects=(obj,)), SIZE)[0]
+            found = detect_objects(PERTURBATIONS[kind](rgb, rng))
+            right += bool(found) and found[0].fill == fill
+            total += 1
+    print(f"\nfills read right on {kind} renders: {right}/{total}")
+    assert right >= bar * total
+
+
 def test_judge_scene_reports_what_changed():
     scene = scene_for_seed(14, 0, n_objects=2)
     rgb = render(scene, SIZE)[0]
