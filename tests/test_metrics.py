@@ -1,0 +1,250 @@
+"""Editing metrics (CLIP-Acc, CLIP-Acc_v, DINO Dist and Dist_v) on tiny random CLIP and DINO-ViT models built from
+configs, saved to folders and loaded back the way real weights are."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, ViTConfig, ViTImageProcessor, ViTModel
+
+from backend.errors import InputError
+from backend.eval.metrics import (
+    _last_key_projection,
+    clip_accuracy,
+    edit_metrics,
+    load_clip,
+    load_dino,
+)
+from backend.models.tiny import clip_tokenizer
+
+SIDE = 32
+PATCH = 8
+TOKENS = 1 + (SIDE // PATCH) ** 2  # CLS + 16 patches
+
+
+def _tiny(hidden: int = 32) -> dict:
+    return dict(hidden_size=hidden, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+
+
+@pytest.fixture(scope="module")
+def clip_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clip")
+    tokenizer = clip_tokenizer()
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **_tiny(),
+        ),
+        vision_config=dict(image_size=SIDE, patch_size=PATCH, **_tiny()),
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": SIDE}, crop_size={"height": SIDE, "width": SIDE}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dino_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dino")
+    torch.manual_seed(1)
+    ViTModel(ViTConfig(image_size=SIDE, patch_size=PATCH, **_tiny()), add_pooling_layer=False).save_pretrained(folder)
+    ViTImageProcessor(size={"height": SIDE, "width": SIDE}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def clip(clip_folder):
+    return load_clip(str(clip_folder))
+
+
+@pytest.fixture(scope="module")
+def dino(dino_folder):
+    return load_dino(str(dino_folder))
+
+
+def _images(count: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, size=(SIDE, SIDE, 3), dtype=np.uint8) for _ in range(count)]
+
+
+SOURCE_PROMPTS = ["a cat on a mat", "a red car", "a house by the lake at dawn", "a dog"]
+TARGET_PROMPTS = ["a dog on a mat", "a blue car", "a castle by the lake at dawn", "a dog wearing a tiny hat"]
+
+
+# CLIP-Acc and CLIP-Acc_v
+
+
+def test_clip_accuracy_is_the_share_of_wins_and_the_mean_ratio():
+    scores = [(0.3, 0.2), (0.1, 0.2), (0.25, 0.25), (0.4, 0.1)]  # win, loss, tie (a miss), win
+    result = clip_accuracy(scores)
+    assert result["clip_acc"] == pytest.approx(0.5)
+    assert result["clip_acc_v"] == pytest.approx((1.5 + 0.5 + 1.0 + 4.0) / 4)
+
+
+def test_clip_accuracy_of_nothing_is_refused():
+    with pytest.raises(InputError):
+        clip_accuracy([])
+
+
+def test_clip_scores_are_cosines_and_swapping_prompts_flips_every_comparison(clip):
+    edits = _images(4)
+    scores = clip.scores(edits, SOURCE_PROMPTS, TARGET_PROMPTS)
+    assert len(scores) == 4
+    assert all(-1.0 <= value <= 1.0 for pair in scores for value in pair)
+    assert all(abs(s_e - s_o) > 1e-6 for s_e, s_o in scores)  # no ties, so the flip below is exact
+    swapped = clip.scores(edits, TARGET_PROMPTS, SOURCE_PROMPTS)
+    np.testing.assert_allclose(np.asarray(swapped), np.asarray(scores)[:, ::-1], atol=1e-6)
+    assert clip_accuracy(swapped)["clip_acc"] == pytest.approx(1.0 - clip_accuracy(scores)["clip_acc"])
+
+
+def test_clip_scores_do_not_depend_on_batching_or_padding(clip):
+    edits = _images(4, seed=3)
+    together = clip.scores(edits, SOURCE_PROMPTS, TARGET_PROMPTS, batch_size=4)
+    alone = [
+        clip.scores([edit], [source], [target])[0]
+        for edit, source, target in zip(edits, SOURCE_PROMPTS, TARGET_PROMPTS)
+    ]
+    np.testing.assert_allclose(np.asarray(together), np.asarray(alone), atol=1e-5)
+
+
+def test_clip_scores_are_cosines_of_the_projected_embeddings(clip):
+    edit = _images(1, seed=5)
+    model, tokenizer = clip.model, clip.tokenizer
+    pixels = clip.processor(images=edit, return_tensors="pt")["pixel_values"]
+    tokens = tokenizer(["a red car"], return_tensors="pt")
+    with torch.no_grad():
+        image = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
+        text = model.text_projection(model.text_model(**tokens).pooler_output)
+    expected = F.cosine_similarity(image, text).item()
+    s_e, s_o = clip.scores(edit, ["a dog"], ["a red car"])[0]
+    assert s_e == pytest.approx(expected, abs=1e-5)
+    assert s_o != pytest.approx(expected, abs=1e-5)
+
+
+def test_same_prompt_twice_is_a_tie_a_miss_and_a_ratio_of_one(clip):
+    scores = clip.scores(_images(2), ["a cat", "a car"], ["a cat", "a car"])
+    assert clip_accuracy(scores) == {"clip_acc": 0.0, "clip_acc_v": pytest.approx(1.0)}
+
+
+def test_clip_scores_depend_on_the_image(clip):
+    (first, _), (second, _) = clip.scores(_images(2, seed=7), ["a cat"] * 2, ["a dog"] * 2)
+    assert abs(first - second) > 1e-6
+
+
+# DINO-ViT Dist and Dist_v
+
+
+def test_an_image_is_at_distance_zero_from_itself(dino):
+    image = _images(1)[0]
+    dist, dist_v = dino.distances(image, image.copy())
+    assert dist == 0.0
+    assert abs(dist_v) < 1e-6
+
+
+def test_a_different_image_is_at_positive_distance(dino):
+    first, second = _images(2, seed=11)
+    assert dino.structure_distance(first, second) > 1e-8
+    assert dino.patch_distance(first, second) > 1e-4
+    assert dino.patch_distance(first, first[:, ::-1].copy()) > 1e-4  # same pixels, other places
+
+
+def test_patch_distance_compares_the_last_layers_patch_tokens_without_cls(dino):
+    first, second = _images(2, seed=13)
+    pixels = dino.processor(images=[first, second], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        tokens = dino.model(pixel_values=pixels).last_hidden_state
+    assert tokens.shape[1] == TOKENS
+    cosines = F.cosine_similarity(tokens[0], tokens[1], dim=-1)
+    expected = 1.0 - cosines[1:].mean().item()
+    assert dino.patch_distance(first, second) == pytest.approx(expected, abs=1e-6)
+    assert abs(expected - (1.0 - cosines.mean().item())) > 1e-6  # with CLS it would differ
+
+
+def test_key_self_similarity_is_over_all_tokens_of_the_last_layer(dino):
+    image = _images(1, seed=2)[0]
+    similarity = dino.key_self_similarity(image)
+    assert similarity.shape == (TOKENS, TOKENS)  # CLS included
+    torch.testing.assert_close(similarity, similarity.T)
+    torch.testing.assert_close(torch.diagonal(similarity), torch.ones(TOKENS))
+    # Recomputed by hand from the last layer's input: its pre-attention layer norm, then its key projection.
+    pixels = dino.processor(images=[image], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        hidden = dino.model(pixel_values=pixels, output_hidden_states=True).hidden_states
+        last_layer = (dino.model.layers if hasattr(dino.model, "layers") else dino.model.encoder.layer)[-1]
+        keys = F.normalize(_last_key_projection(dino.model)(last_layer.layernorm_before(hidden[-2]))[0], dim=-1)
+    torch.testing.assert_close(similarity, keys @ keys.T, atol=1e-5, rtol=1e-5)
+    # ... and not the first layer's keys.
+    first_layer = (dino.model.layers if hasattr(dino.model, "layers") else dino.model.encoder.layer)[0]
+    with torch.no_grad():
+        first_keys = F.normalize(_last_key_projection(dino.model)(first_layer.layernorm_before(hidden[0]))[0], dim=-1)
+    assert not torch.allclose(similarity, first_keys @ first_keys.T, atol=1e-3)
+
+
+def _shuffle_patches(image: np.ndarray, order: np.ndarray) -> np.ndarray:
+    per_side = SIDE // PATCH
+    patches = image.reshape(per_side, PATCH, per_side, PATCH, 3).transpose(0, 2, 1, 3, 4).reshape(-1, PATCH, PATCH, 3)
+    return patches[order].reshape(per_side, per_side, PATCH, PATCH, 3).transpose(0, 2, 1, 3, 4).reshape(SIDE, SIDE, 3)
+
+
+def test_without_positions_shuffling_patches_permutes_the_self_similarity(dino_folder):
+    """With no position embeddings a ViT is permutation-equivariant over patches: shuffling them permutes S(I)'s
+    rows and columns (CLS stays first), so Dist is exactly the MSE between S and the permuted S."""
+    scorer = load_dino(str(dino_folder))
+    scorer.model.embeddings.position_embeddings.data.zero_()
+    image = _images(1, seed=4)[0]
+    order = np.random.default_rng(0).permutation(TOKENS - 1)
+    shuffled = _shuffle_patches(image, order)
+    tokens = torch.as_tensor(np.concatenate([[0], order + 1]))
+    original = scorer.key_self_similarity(image)
+    permuted = original[tokens][:, tokens]
+    torch.testing.assert_close(scorer.key_self_similarity(shuffled), permuted, atol=1e-5, rtol=1e-5)
+    dist = scorer.structure_distance(image, shuffled)
+    assert dist == pytest.approx(F.mse_loss(original, permuted).item(), rel=1e-3)
+    assert dist > 1e-8
+
+
+# Loading and the whole set
+
+
+def test_weights_that_are_not_here_are_an_input_error(tmp_path):
+    missing = str(tmp_path / "no-such-model")
+    for load in (load_clip, load_dino):
+        with pytest.raises(InputError, match="not available locally") as caught:
+            load(missing)
+        assert missing in str(caught.value)
+        assert caught.value.hint
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="empty"):
+        load_dino(str(tmp_path / "empty"))
+
+
+def test_images_must_be_uint8_rgb(dino):
+    image = _images(1)[0]
+    with pytest.raises(InputError, match="uint8 HxWx3"):
+        dino.distances(image.astype(np.float32), image)
+    with pytest.raises(InputError, match="uint8 HxWx3"):
+        dino.distances(image[..., :1], image)
+
+
+def test_edit_metrics_aggregates_the_set(clip, dino):
+    sources, edits = _images(4, seed=20), _images(4, seed=21)
+    result = edit_metrics(sources, edits, SOURCE_PROMPTS, TARGET_PROMPTS, clip=clip, dino=dino)
+    assert result["count"] == 4
+    assert result["clip_acc"] == clip_accuracy(clip.scores(edits, SOURCE_PROMPTS, TARGET_PROMPTS))["clip_acc"]
+    pairs = [dino.distances(source, edit) for source, edit in zip(sources, edits)]
+    assert result["dist"] == pytest.approx(np.mean([dist for dist, _ in pairs]))
+    assert result["dist_v"] == pytest.approx(np.mean([dist_v for _, dist_v in pairs]))
+    unchanged = edit_metrics(sources, sources, SOURCE_PROMPTS, TARGET_PROMPTS, dino=dino)
+    assert set(unchanged) == {"count", "dist", "dist_v"}
+    assert unchanged["dist"] == 0.0 and abs(unchanged["dist_v"]) < 1e-6
+    assert edit_metrics(sources, edits, SOURCE_PROMPTS, TARGET_PROMPTS) == {"count": 4}
+    with pytest.raises(InputError):
+        edit_metrics(sources, edits[:3], SOURCE_PROMPTS, TARGET_PROMPTS, dino=dino)
