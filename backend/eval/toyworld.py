@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,20 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial import ConvexHull, QhullError
 
 from backend.colour import rgb_to_lab
-from backend.models.toyworld.world import COLOURS, ObjectTruth, Scene, ground_truth, render, tint
+from backend.models.toyworld.world import (
+    BACKGROUND_COLOURS,
+    COLOURS,
+    SIZES,
+    TEXTURES,
+    Background,
+    ObjectTruth,
+    Scene,
+    SceneObject,
+    ground_truth,
+    render,
+    render_background,
+    tint,
+)
 
 _CHROMA_MIN = 22.0  # world backgrounds stay below ~15, object colours above ~55
 _BACKGROUND_DELTA = 12.0  # Lab distance under which a pixel counts as one of the border's colours
@@ -265,6 +279,57 @@ def classify_fill(features: dict[str, float]) -> str:
     if features["tint_fraction"] < 0.12 or max(rows, columns) < 0.13:
         return "solid"
     return "striped" if columns < 0.55 * rows else "dotted"
+
+
+# --- reading a whole scene ---------------------------------------------------------------------------------
+
+
+def read_scene(rgb: np.ndarray, max_objects: int = 3) -> Scene:
+    """The scene the judge sees in `rgb`: its objects (colour, shape, fill, the nearer of the world's two sizes,
+    centroid) and the background the world could have drawn that fits the pixels outside them best. Its caption is
+    the toy world's stand-in for a BLIP caption of a photo."""
+    side = rgb.shape[0]
+    objects = detect_objects(rgb)[:max_objects]
+    scene_objects = tuple(
+        SceneObject(
+            obj.shape,
+            obj.colour,
+            _nearest_size(obj.shape, float(ndimage.binary_fill_holes(obj.mask).sum()) / side**2),
+            obj.fill,
+            round(obj.centroid[0] / side, 4),
+            round(obj.centroid[1] / side, 4),
+        )
+        for obj in objects
+    )
+    covered = np.logical_or.reduce([o.mask for o in objects]) if objects else np.zeros(rgb.shape[:2], bool)
+    outside = ~ndimage.binary_dilation(covered, _disk(2.0 * side / _REFERENCE_SIDE))
+    return Scene(scene_objects, read_background(rgb, outside))
+
+
+def read_background(rgb: np.ndarray, where: np.ndarray | None = None) -> Background:
+    """The world background (colour x texture, fixed phase) nearest to `rgb` over the pixels `where` is True."""
+    side = rgb.shape[0]
+    keep = np.ones(rgb.shape[:2], bool) if where is None or not where.any() else where
+    pixels = rgb[keep].astype(np.float32)
+    best, best_error = None, math.inf
+    for colour in BACKGROUND_COLOURS:
+        for texture in TEXTURES:
+            candidate = Background(colour, texture)
+            error = float(((render_background(candidate, side)[keep] - pixels) ** 2).mean())
+            if error < best_error:
+                best, best_error = candidate, error
+    return best
+
+
+def _nearest_size(shape: str, area_fraction: float) -> str:
+    """'small' or 'big': whichever drawn area (as a fraction of the image) is nearer on a log scale."""
+    return min(SIZES, key=lambda size: abs(math.log(max(area_fraction, 1e-6) / _drawn_area(shape, size))))
+
+
+@cache
+def _drawn_area(shape: str, size: str) -> float:
+    scene = Scene((SceneObject(shape, "red", size, "solid", 0.5, 0.5),), Background("white"))
+    return float(render(scene, 128)[1][0].sum()) / 128**2
 
 
 # --- comparison with ground truth --------------------------------------------------------------------------
