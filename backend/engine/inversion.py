@@ -7,6 +7,7 @@ why inversion drifts at large guidance scales (null-text inversion fixes that fo
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -16,6 +17,7 @@ from backend.engine.attention import AttentionController
 from backend.engine.cache import inversion_key
 from backend.engine.conditioning import Conditioning
 from backend.engine.context import Engine
+from backend.engine.noise_reg import NoiseRegularisation
 from backend.engine.sampling import make_scheduler, predict_noise
 
 
@@ -78,14 +80,20 @@ def cached_ddim_inversion(
     steps: int,
     uncond: Conditioning | None = None,
     guidance_scale: float = 1.0,
+    noise_reg: NoiseRegularisation | None = None,
 ) -> list[torch.Tensor]:
     """`ddim_invert` through the engine's inversion cache: re-running an edit with other parameters on the
-    same image, prompt and steps skips the inversion entirely."""
-    key = inversion_key(image_key_source, engine.bundle.model_id, prompt, steps, "ddim", guidance=float(guidance_scale))
+    same image, prompt and steps skips the inversion entirely. `noise_reg`: pix2pix-zero's regularisation of each
+    predicted noise (part of the key)."""
+    extra = {} if noise_reg is None else {"noise_reg": dataclasses.astuple(noise_reg)}
+    key = inversion_key(
+        image_key_source, engine.bundle.model_id, prompt, steps, "ddim", guidance=float(guidance_scale), **extra
+    )
     cached = engine.inversion_cache.get(key)
     if cached is not None:
         engine.report.log(f"inversion reused from cache ({steps} steps)")
         return [z.to(engine.device) for z in cached]
-    trajectory = ddim_invert(engine, latents, cond, steps, uncond, guidance_scale)
+    regularise = None if noise_reg is None else noise_reg.regulariser()
+    trajectory = ddim_invert(engine, latents, cond, steps, uncond, guidance_scale, regularise=regularise)
     engine.inversion_cache.put(key, [z.detach().cpu() for z in trajectory])
     return trajectory

@@ -14,6 +14,7 @@ step of lambda_KL = 20).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -83,3 +84,16 @@ def noise_regulariser(
         return regularised_noise(eps, lambda_ac, lambda_kl, rounds, generator=generator)
 
     return regularise
+
+
+@dataclass(frozen=True)
+class NoiseRegularisation:
+    """The regularisation's settings (an inversion cache key part); `regulariser()` makes a fresh one."""
+
+    lambda_ac: float = LAMBDA_AC
+    lambda_kl: float = LAMBDA_KL
+    rounds: int = ROUNDS
+    seed: int = 0
+
+    def regulariser(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return noise_regulariser(self.lambda_ac, self.lambda_kl, self.rounds, self.seed)

@@ -21,6 +21,7 @@ METHOD_MODULES = (
     "backend.methods.dragon",
     "backend.methods.p2p",
     "backend.methods.mde_edit",
+    "backend.methods.pix2pix_zero",
 )
 
 
