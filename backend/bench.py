@@ -42,10 +42,13 @@ def bench_request(method: Method, size: int, steps: int) -> EditRequest:
     inputs = set(method.info.inputs)
     masks = {item.split(":", 1)[1]: mask for item in inputs if item.startswith("mask:")}
     names = {spec.name for spec in method.info.params}
+    params: dict[str, object] = {"steps": steps} if "steps" in names else {}
+    if "source_word" in names:  # prompt-free edits (pix2pix-zero) name the change by its words
+        params.update(source_word="circle", target_word="square")
     return EditRequest(
         method=method.info.id,
         image=image,
-        params={"steps": steps} if "steps" in names else {},
+        params=params,
         masks=masks,
         points=[PointPair((size * 0.35, size * 0.5), (size * 0.65, size * 0.5))] if "points" in inputs else [],
         reference_image=image if "reference" in inputs else None,

@@ -412,6 +412,7 @@ def _bench(args: argparse.Namespace) -> int:
 EVAL_SUITES = {
     "eval-dragon": "DragonDiffusion's five tasks on toy-world scenes, judged by ground truth",
     "eval-mde": "MDE-Edit vs NTI + P2P on two-object toy-world edits, judged by ground truth",
+    "eval-pix2pix": "DDIM + word swap vs pix2pix-zero vs pix2pix-zero + SIRG on toy-world word swaps",
 }
 
 

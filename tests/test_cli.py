@@ -115,8 +115,8 @@ def test_segment_writes_the_clicked_objects_mask(tmp_path, scene, capsys):
 
 
 def test_the_toy_world_suites_run_from_the_cli_and_write_their_tables(tmp_path, capsys):
-    """`eval-dragon` and `eval-mde` (their own flags) on one case at 2 steps: the JSON holds the judged rows and the
-    summary; a wrong variant is refused by name."""
+    """`eval-dragon`, `eval-mde` and `eval-pix2pix` (their own flags, a sweep) on a case or two at 2 steps: the JSON
+    holds the judged rows and the summary; a wrong variant is refused by name."""
     dragon, mde = tmp_path / "dragon.json", tmp_path / "mde.json"
     assert main(["eval-dragon", "--tasks", "move", "--count", "1", "--steps", "2", "--json", str(dragon)]) == 0
     moved = json.loads(dragon.read_text())["tasks"]["move"]
@@ -126,6 +126,13 @@ def test_the_toy_world_suites_run_from_the_cli_and_write_their_tables(tmp_path, 
     report = json.loads(mde.read_text())["variants"]["nti-p2p"]
     assert report["summary"]["cases"] == 1 and {"edited", "bg_ssim", "overlapping"} <= report["rows"][0].keys()
     assert "nti-p2p SUMMARY" in capsys.readouterr().out
+    words = tmp_path / "pix2pix.json"
+    arguments = ["eval-pix2pix", "--count", "2", "--steps", "2", "--variants", "pix2pix-zero", "--json", str(words)]
+    assert main([*arguments, "--param", "bank_size=10", "--sweep", "free_steps=0,1"]) == 0
+    runs = json.loads(words.read_text())["runs"]
+    assert list(runs) == ["pix2pix-zero", "sirg free_steps=0", "sirg free_steps=1"]
+    assert [r["kind"] for r in runs["pix2pix-zero"]["rows"]] == ["shape", "colour"]
+    assert {"edit_ok", "position_error", "structure_iou", "bg_psnr"} <= runs["sirg free_steps=1"]["rows"][0].keys()
     with pytest.raises(SystemExit):
         main(["eval-mde", "--variants", "mde-edit,nope"])
     assert "unknown variant(s) nope" in capsys.readouterr().err
