@@ -146,11 +146,11 @@ def test_reconstruction_guidance_in_every_step_gives_the_picture_back_and_in_non
 
 
 def test_a_rerun_reuses_the_inversion_and_the_reconstruction_pass(toyworld_engine):
-    from backend.engine.report import Reporter
+    from backend.engine.report import SilentReporter
 
     logs: list[str] = []
 
-    class Listener(Reporter):
+    class Listener(SilentReporter):
         def log(self, message: str) -> None:
             logs.append(message)
 
@@ -215,3 +215,24 @@ def test_the_cross_attention_loss_is_zero_against_its_own_maps_and_grows_with_th
     rule.edit_probs(call, shifted)
     expected = (shifted - maps).square().sum(dim=(-2, -1)).mean()
     assert torch.isclose(rule.loss, expected) and float(rule.loss) > 0
+
+
+def test_an_aligned_direction_lays_the_banks_difference_down_where_the_caption_has_the_word(tiny, tmp_path):
+    """Banks of one sentence each - the caption and the caption with the word swapped - give back exactly the
+    embedding difference of the two captions, wherever the word sits; the paper's mean does so only by chance."""
+    from backend.engine.directions import encode_prompts
+
+    for text in ("a cat on a sofa", "a photo of a small grey cat on a sofa"):
+        (tmp_path / "cat.txt").write_text(text, encoding="utf-8")
+        (tmp_path / "dog.txt").write_text(text.replace("cat", "dog"), encoding="utf-8")
+        direction = edit_direction(
+            tiny, "cat", "dog", str(tmp_path / "cat.txt"), str(tmp_path / "dog.txt"), caption=text
+        )
+        hidden = encode_prompts(tiny, [text, text.replace("cat", "dog")]).hidden.float()
+        assert torch.allclose(direction.delta[0].float(), hidden[1] - hidden[0], atol=1e-5)
+    moved = edit_direction(
+        tiny, "cat", "dog", str(tmp_path / "cat.txt"), str(tmp_path / "dog.txt"), caption="a cat on a sofa"
+    )
+    assert not torch.allclose(moved.delta, direction.delta, atol=1e-3)  # another place in the caption
+    with pytest.raises(InputError, match="does not contain 'cat'"):
+        edit_direction(tiny, "cat", "dog", caption="a dog on a sofa")

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from backend.eval.suite import suite_engine, suite_params
 from backend.eval.toyworld import DetectedObject, background_psnr, detect_objects, mask_iou, summarise
 from backend.models.toyworld.world import SIZES, Scene, SceneObject, caption, render, scene_for_seed
 from backend.protocol import EditRequest, PointPair
@@ -309,17 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=Path, help="save input | result strips here")
     args = parser.parse_args(argv)
 
-    import torch
-
-    from backend.engine.context import Engine
-    from backend.models import load_model
-
-    torch.manual_seed(0)
-    engine = Engine(load_model(args.model))
-    params: dict[str, Any] = {"steps": args.steps}
-    for item in args.param:
-        name, _, value = item.partition("=")
-        params[name] = json.loads(value) if value not in ("true", "false") else value == "true"
+    engine = suite_engine(args.model, cache_bytes=0)
+    params = suite_params(args.steps, args.param)
     report: dict[str, Any] = {"params": params, "tasks": {}}
     for task in [t for t in args.tasks.split(",") if t]:
         rows, started = [], time.perf_counter()

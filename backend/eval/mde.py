@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from backend.eval.suite import suite_engine, suite_params
 from backend.eval.toyworld import background_psnr, detect_objects, summarise
 from backend.models.toyworld.world import COLOURS, SHAPES, Scene, caption, render, scene_for_seed
 from backend.protocol import EditRequest, ObjectPrompt
@@ -265,19 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    import torch
-
-    from backend.engine.cache import LRUBytesCache
-    from backend.engine.context import Engine
-    from backend.models import load_model
-
-    torch.manual_seed(0)
     # One null-text inversion per scene serves every variant (the cache key is the picture, prompt and steps).
-    engine = Engine(load_model(args.model), inversion_cache=LRUBytesCache(2**30))
-    params: dict[str, Any] = {"steps": args.steps}
-    for item in args.param:
-        name, _, value = item.partition("=")
-        params[name] = json.loads(value) if value not in ("true", "false") else value == "true"
+    engine = suite_engine(args.model)
+    params = suite_params(args.steps, args.param)
     variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from backend.eval.suite import param_value, suite_engine, suite_params
 from backend.eval.toyworld import background_psnr, detect_objects, mask_iou, summarise
 from backend.models.toyworld.world import COLOURS, SHAPES, Scene, render, scene_for_seed
 from backend.protocol import EditRequest
@@ -221,19 +222,11 @@ def summary_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def _value(text: str) -> Any:
-    if text in ("true", "false"):
-        return text == "true"
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text  # a choice such as direction=aligned
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m backend eval-pix2pix", description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
     parser.add_argument("--count", type=int, default=30, help="cases (scenes drawn from a fixed seed)")
+    parser.add_argument("--skip", type=int, default=0, help="leave out the first N cases (to split a run)")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps of every edit")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a parameter of all runs")
     parser.add_argument(
@@ -246,19 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=Path, help="save input | result strips here")
     args = parser.parse_args(argv)
 
-    import torch
-
-    from backend.engine.cache import LRUBytesCache
-    from backend.engine.context import Engine
-    from backend.models import load_model
-
-    torch.manual_seed(0)
     # One inversion and one reconstruction pass per scene serve every variant and sweep point.
-    engine = Engine(load_model(args.model), inversion_cache=LRUBytesCache(2**30))
-    params: dict[str, Any] = {"steps": args.steps}
-    for item in args.param:
-        name, _, value = item.partition("=")
-        params[name] = _value(value)
+    engine = suite_engine(args.model)
+    params = suite_params(args.steps, args.param)
     runs: list[tuple[str, str, dict[str, Any]]] = []  # (label, variant, params)
     variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]
@@ -267,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     runs += [(variant, variant, params) for variant in variants]
     if args.sweep:
         axes = [
-            (name, [_value(v) for v in values.split(",")]) for name, _, values in (s.partition("=") for s in args.sweep)
+            (name, [param_value(v) for v in values.split(",")])
+            for name, _, values in (s.partition("=") for s in args.sweep)
         ]
         for point in itertools.product(*(values for _, values in axes)):
             setting = dict(zip((name for name, _ in axes), point))
@@ -276,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"params": params, "runs": {label: {"rows": []} for label, _, _ in runs}}
     seconds = {label: 0.0 for label, _, _ in runs}
     results: dict[str, list[tuple[Case, np.ndarray]]] = {label: [] for label, _, _ in runs}
-    for case in cases(args.count):
+    for case in cases(args.skip + args.count)[args.skip :]:
         strip = [case.image]
         for label, variant, run_params in runs:
             began = time.perf_counter()
