@@ -95,6 +95,22 @@ def test_paint_run_watch_every_step_and_accept_on_a_real_backend(qtbot, live_win
         print(f"\n[lag probe] live sdedit on the tiny model: {lag.summary()}")
 
 
+def test_a_prompt_free_edit_is_set_up_in_the_method_form_and_runs(qtbot, live_window):
+    """pix2pix-zero's words are plain text fields of the form; no target prompt is asked for."""
+    window = live_window
+    panel = window.method_panel
+    panel.method_combo.setCurrentIndex(panel.method_combo.findData("pix2pix-zero-sirg"))
+    panel.source_prompt.setText("a red square and a blue disc")
+    words = {"source_word": "square", "target_word": "circle", "direction": "aligned"}
+    panel.param_form.set_values({**panel.param_form.values(), **words, "steps": 3, "free_steps": 1, "bank_size": 8})
+    window.run_edit()
+    qtbot.waitUntil(lambda: window.staging.metadata is not None, timeout=JOB_MS)
+    assert window.staging.metadata["edit"] == "square -> circle" and window.staging.metadata["caption_by"] == "user"
+    window.accept_result()
+    (layer,) = [layer for layer in window.document.layers_of(RasterLayer) if layer.recipe]
+    assert layer.recipe["method"] == "pix2pix-zero-sirg" and layer.recipe["params"]["direction"] == "aligned"
+
+
 def test_cancel_during_a_run_stops_within_one_step_and_the_window_stays_responsive(qtbot, live_window, capsys):
     window = live_window
     # At 384 px a step of the tiny model takes tens of ms, as a real model's step is longer than the cancel's trip
