@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from backend.eval.suite import suite_engine, suite_params
+from backend.eval.suite import draw_cases, suite_engine, suite_params
 from backend.eval.toyworld import background_psnr, detect_objects, summarise
 from backend.models.toyworld.world import COLOURS, SHAPES, Scene, caption, render, scene_for_seed
 from backend.protocol import EditRequest, ObjectPrompt
@@ -65,17 +65,7 @@ class Case:
 
 
 def cases(count: int, seed: int = SUITE_SEED) -> list[Case]:
-    rng = np.random.default_rng(seed)
-    found: list[Case] = []
-    index = 0
-    while len(found) < count:
-        if index > 50 * count:
-            raise RuntimeError(f"could not draw {count} cases")
-        case = _make_case(index, rng, seed)
-        index += 1
-        if case is not None:
-            found.append(case)
-    return found
+    return draw_cases(count, seed, lambda index, rng, _found: _make_case(index, rng, seed))
 
 
 def _overlapped(scene: Scene, rng: np.random.Generator) -> Scene | None:

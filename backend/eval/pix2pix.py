@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from backend.eval.suite import param_value, suite_engine, suite_params
+from backend.eval.suite import draw_cases, param_value, suite_engine, suite_params
 from backend.eval.toyworld import background_psnr, detect_objects, mask_iou, summarise
 from backend.models.toyworld.world import COLOURS, SHAPES, Scene, render, scene_for_seed
 from backend.protocol import EditRequest
@@ -73,17 +73,8 @@ class Case:
 
 
 def cases(count: int, seed: int = SUITE_SEED) -> list[Case]:
-    rng = np.random.default_rng(seed)
-    found: list[Case] = []
-    index = 0
-    while len(found) < count:
-        if index > 50 * count:
-            raise RuntimeError(f"could not draw {count} cases")
-        case = _make_case(index, KINDS[len(found) % len(KINDS)], rng, seed)
-        index += 1
-        if case is not None:
-            found.append(case)
-    return found
+    """The kinds in turn: shape, colour, fill, shape, ..."""
+    return draw_cases(count, seed, lambda index, rng, found: _make_case(index, KINDS[found % len(KINDS)], rng, seed))
 
 
 def _make_case(index: int, kind: str, rng: np.random.Generator, seed: int) -> Case | None:

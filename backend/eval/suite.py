@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+
+CaseT = TypeVar("CaseT")
 
 
 def suite_engine(model: str, cache_bytes: int = 2**30):
@@ -35,3 +40,19 @@ def suite_params(steps: int, items: list[str]) -> dict[str, Any]:
         name, _, value = item.partition("=")
         params[name] = param_value(value)
     return params
+
+
+def draw_cases(count: int, seed: int, make: Callable[[int, np.random.Generator, int], CaseT | None]) -> list[CaseT]:
+    """`count` cases from `make(scene index, rng, cases found so far)`, which returns None for a scene that does not
+    fit (it is skipped); one rng from `seed` for all, so a suite's cases are the same on every run."""
+    rng = np.random.default_rng(seed)
+    found: list[CaseT] = []
+    index = 0
+    while len(found) < count:
+        if index > 50 * count:
+            raise RuntimeError(f"could not draw {count} cases")
+        case = make(index, rng, len(found))
+        index += 1
+        if case is not None:
+            found.append(case)
+    return found
