@@ -22,6 +22,7 @@ METHOD_MODULES = (
     "backend.methods.p2p",
     "backend.methods.mde_edit",
     "backend.methods.pix2pix_zero",
+    "backend.methods.turboedit",
 )
 
 
