@@ -1,0 +1,112 @@
+"""Cora's correspondence-aware operations (Almohammadi, Mikaeili et al., SIGGRAPH 2025; card: shared/METHODS.md 2b),
+as plain tensor functions the method composes:
+
+- `smooth_features`: DIFT features of the editing UNet (a decoder block's output), Gaussian-smoothed 3 x 3, sigma 1;
+- `patch_matches` / `align_patches`: correspondence-aware latent correction. The correction noise z_t stored for
+  the source layout is re-arranged into the target's: every target patch takes the z patch of its most similar
+  source patch (cosine of the patch's concatenated features), and overlapping patches are averaged back;
+- `patch_kernel`: the patch size by timestep (>= 799: 12, >= 599: 7, >= 299: 5, else 3);
+- `slerp_fixed_norm` / `slerp`: the attention interpolation's spherical blends of target and aligned source keys
+  (keeping the target key's norm) and values (norm interpolated linearly).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def patch_kernel(t: int) -> int:
+    if t >= 799:
+        return 12
+    if t >= 599:
+        return 7
+    if t >= 299:
+        return 5
+    return 3
+
+
+def smooth_features(features: torch.Tensor, sigma: float = 1.0, size: int = 3) -> torch.Tensor:
+    """(B, C, h, w) -> the same, each channel blurred by a normalised size x size Gaussian (replicated edges)."""
+    offsets = torch.arange(size, dtype=torch.float32, device=features.device) - (size - 1) / 2
+    weights = torch.exp(-(offsets**2) / (2 * sigma**2))
+    kernel = (weights[:, None] * weights[None, :]) / weights.sum() ** 2
+    channels = features.shape[1]
+    kernel = kernel.to(features.dtype).expand(channels, 1, size, size)
+    padded = F.pad(features, (size // 2,) * 4, mode="replicate")
+    return F.conv2d(padded, kernel, groups=channels)
+
+
+def _pad_for(kernel: int) -> tuple[int, int, int, int]:
+    """Padding (left, right, top, bottom) so a stride-1 window of `kernel` starts a patch at every cell; an even
+    kernel reaches one cell further before its anchor than after it."""
+    before, after = kernel // 2, kernel - 1 - kernel // 2
+    return (before, after, before, after)
+
+
+def patch_matches(source: torch.Tensor, target: torch.Tensor, kernel: int) -> torch.Tensor:
+    """For every cell of `target` (C, h, w), the flat index of the `source` cell (C, h, w) whose kernel x kernel
+    patch is most similar (cosine of the concatenated patch features, zeros outside the map).
+
+    Patch similarity is a sum over the patch's offsets of cell similarities, so it is built from one (hw x hw)
+    cell-similarity matrix shifted kernel^2 times, never from (C k^2)-long patch vectors."""
+    channels, height, width = target.shape
+    cells = height * width
+    dots = (target.reshape(channels, cells).T.float() @ source.reshape(channels, cells).float()).reshape(
+        height, width, height, width
+    )
+    left, right, top, bottom = _pad_for(kernel)
+    padded = F.pad(dots, (left, right, top, bottom, left, right, top, bottom))
+    patch_dots = torch.zeros_like(dots)
+    for dy in range(kernel):
+        for dx in range(kernel):
+            patch_dots += padded[dy : dy + height, dx : dx + width, dy : dy + height, dx : dx + width]
+    norms = []
+    for features in (target, source):
+        energy = features.float().square().sum(0)[None, None]
+        box = F.avg_pool2d(F.pad(energy, (left, right, top, bottom)), kernel, stride=1) * kernel**2
+        norms.append(box.reshape(cells).clamp_min(1e-12).sqrt())
+    cosine = patch_dots.reshape(cells, cells) / (norms[0][:, None] * norms[1][None, :])
+    return cosine.argmax(dim=1)
+
+
+def align_patches(values: torch.Tensor, matches: torch.Tensor, kernel: int) -> torch.Tensor:
+    """(B, C, h, w) re-arranged: each cell's kernel x kernel patch is taken from its matched cell's patch, and the
+    overlapping patches are averaged (fold / fold of ones)."""
+    batch, channels, height, width = values.shape
+    left, right, top, bottom = _pad_for(kernel)
+    patches = F.unfold(F.pad(values.float(), (left, right, top, bottom)), kernel)  # (B, C k^2, hw)
+    moved = patches[:, :, matches]
+    padded_size = (height + top + bottom, width + left + right)
+    summed = F.fold(moved, padded_size, kernel)
+    counts = F.fold(torch.ones_like(moved), padded_size, kernel)
+    aligned = (summed / counts.clamp_min(1e-12))[:, :, top : top + height, left : left + width]
+    return aligned.to(values.dtype)
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, weight: float) -> torch.Tensor:
+    """Spherical interpolation of directions from a (weight 0) to b (weight 1) along the last axis, with the norm
+    interpolated linearly."""
+    norm_a, norm_b = a.norm(dim=-1, keepdim=True), b.norm(dim=-1, keepdim=True)
+    direction = _slerp_directions(a / norm_a.clamp_min(1e-12), b / norm_b.clamp_min(1e-12), weight)
+    return direction * ((1 - weight) * norm_a + weight * norm_b)
+
+
+def slerp_fixed_norm(a: torch.Tensor, b: torch.Tensor, weight: float) -> torch.Tensor:
+    """As `slerp`, keeping a's norm (Cora blends keys so, so attention logits keep their scale)."""
+    norm_a = a.norm(dim=-1, keepdim=True)
+    direction = _slerp_directions(
+        a / norm_a.clamp_min(1e-12), b / b.norm(dim=-1, keepdim=True).clamp_min(1e-12), weight
+    )
+    return direction * norm_a
+
+
+def _slerp_directions(u: torch.Tensor, v: torch.Tensor, weight: float) -> torch.Tensor:
+    cosine = (u * v).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7)
+    angle = torch.acos(cosine)
+    sine = torch.sin(angle)
+    near = sine < 1e-4  # (anti)parallel: fall back to a normalised linear blend
+    blended = (torch.sin((1 - weight) * angle) * u + torch.sin(weight * angle) * v) / sine.clamp_min(1e-4)
+    linear = (1 - weight) * u + weight * v
+    result = torch.where(near, linear, blended)
+    return result / result.norm(dim=-1, keepdim=True).clamp_min(1e-12)

@@ -1,0 +1,79 @@
+"""Cora's correspondence-aware operations (backend/engine/cora_ops.py) on hand-made features."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from backend.engine.cora_ops import (
+    align_patches,
+    patch_kernel,
+    patch_matches,
+    slerp,
+    slerp_fixed_norm,
+    smooth_features,
+)
+
+
+def _brute_force_matches(source: torch.Tensor, target: torch.Tensor, kernel: int) -> torch.Tensor:
+    before, after = kernel // 2, kernel - 1 - kernel // 2
+    pad = (before, after, before, after)
+
+    def patches(features):
+        return F.normalize(F.unfold(F.pad(features[None], pad), kernel)[0], dim=0)  # (C k^2, hw)
+
+    return (patches(target).T @ patches(source)).argmax(dim=1)
+
+
+@pytest.mark.parametrize("kernel", [3, 4, 5, 12])
+def test_patch_matches_equal_the_brute_force_patch_cosine(kernel):
+    generator = torch.Generator().manual_seed(kernel)
+    source, target = torch.randn(6, 9, 11, generator=generator), torch.randn(6, 9, 11, generator=generator)
+    assert torch.equal(patch_matches(source, target, kernel), _brute_force_matches(source, target, kernel))
+
+
+def test_a_shifted_layout_is_found_and_the_correction_follows_it():
+    generator = torch.Generator().manual_seed(0)
+    source = torch.randn(8, 12, 12, generator=generator)
+    target = torch.roll(source, shifts=(2, 3), dims=(1, 2))  # the same content, moved down 2 and right 3
+    matches = patch_matches(source, target, 3)
+    rows, cols = torch.meshgrid(torch.arange(12), torch.arange(12), indexing="ij")
+    interior = (rows >= 4) & (rows < 11) & (cols >= 5) & (cols < 11)
+    expected = ((rows - 2) * 12 + (cols - 3)).reshape(-1)
+    assert torch.equal(matches[interior.reshape(-1)], expected[interior.reshape(-1)])
+    z = torch.randn(1, 4, 12, 12, generator=generator)
+    aligned = align_patches(z, matches, 3)
+    shifted = torch.roll(z, shifts=(2, 3), dims=(2, 3))
+    inner = interior & (rows >= 5) & (rows < 10) & (cols >= 6) & (cols < 10)  # whole patches inside the interior
+    assert torch.allclose(aligned[..., inner], shifted[..., inner], atol=1e-6)
+
+
+def test_identity_matches_leave_the_values_as_they_are():
+    z = torch.randn(2, 4, 7, 9)
+    for kernel in (3, 12):
+        assert torch.allclose(align_patches(z, torch.arange(63), kernel), z, atol=1e-6)
+
+
+def test_patch_kernels_follow_the_timestep():
+    assert [patch_kernel(t) for t in (999, 799, 699, 599, 399, 299, 199)] == [12, 12, 7, 7, 5, 5, 3]
+
+
+def test_slerp_ends_keep_norms_and_halves_the_angle():
+    a, b = torch.tensor([[3.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    assert torch.allclose(slerp(a, b, 0.0), a) and torch.allclose(slerp(a, b, 1.0), b, atol=1e-6)
+    half = slerp(a, b, 0.5)
+    assert torch.allclose(half.norm(), torch.tensor(2.0)) and torch.allclose(half[0, 0], half[0, 1])
+    fixed = slerp_fixed_norm(a, b, 0.5)
+    assert torch.allclose(fixed.norm(), torch.tensor(3.0)) and torch.allclose(fixed[0, 0], fixed[0, 1])
+    assert torch.allclose(slerp_fixed_norm(a, 2 * a, 0.3), a)  # parallel: no NaN
+
+
+def test_smoothing_keeps_flat_maps_and_spreads_an_impulse_without_losing_mass():
+    flat = torch.full((1, 3, 5, 5), 2.0)
+    assert torch.allclose(smooth_features(flat), flat)
+    impulse = torch.zeros(1, 1, 7, 7)
+    impulse[0, 0, 3, 3] = 1.0
+    smoothed = smooth_features(impulse)
+    assert torch.isclose(smoothed.sum(), torch.tensor(1.0)) and 0.1 < float(smoothed[0, 0, 3, 3]) < 0.5
+    assert float(smoothed[0, 0, 3, 4]) > float(smoothed[0, 0, 4, 4]) > 0
