@@ -77,3 +77,40 @@ def test_smoothing_keeps_flat_maps_and_spreads_an_impulse_without_losing_mass():
     smoothed = smooth_features(impulse)
     assert torch.isclose(smoothed.sum(), torch.tensor(1.0)) and 0.1 < float(smoothed[0, 0, 3, 3]) < 0.5
     assert float(smoothed[0, 0, 3, 4]) > float(smoothed[0, 0, 4, 4]) > 0
+
+
+def test_new_tokens_are_the_unmatched_far_ones():
+    """Sources are targets 0..7 with small noise; targets 8 and 9 are far from everything: only they are new."""
+    from backend.engine.cora_ops import new_tokens
+
+    generator = torch.Generator().manual_seed(1)
+    targets = torch.randn(10, 16, generator=generator)
+    targets[8:] = targets[8:] * 5 + 20
+    sources = targets[:8] + 0.01 * torch.randn(8, 16, generator=generator)
+    distances = torch.cdist(targets, sources)
+    new = new_tokens(distances, k=2, quantile=0.7)
+    assert new.tolist() == [False] * 8 + [True, True]
+    assert not new_tokens(torch.cdist(sources, sources), k=2).any()  # the same picture: nothing is new
+
+
+def test_aligned_source_and_interpolation_follow_the_features_and_alpha():
+    from backend.engine.cora_ops import aligned_source, interpolate_kv
+
+    generator = torch.Generator().manual_seed(2)
+    features = torch.randn(6, 8, generator=generator)
+    order = torch.tensor([3, 1, 0, 5, 2, 4])  # the target shows source token order[i] at token i
+    tokens = torch.randn(1, 6, 4, generator=generator)
+    aligned, distances = aligned_source(tokens, features, features[order])
+    assert torch.equal(aligned, tokens[:, order]) and distances.shape == (6, 6)
+    key, value = torch.randn(1, 6, 4, generator=generator), torch.randn(1, 6, 4, generator=generator)
+    same_key, same_value = interpolate_kv(key, value, aligned, aligned, alpha=1.0, heads=2)
+    assert torch.allclose(same_key, key, atol=1e-5) and torch.allclose(same_value, value, atol=1e-5)
+    source_key, source_value = interpolate_kv(key, value, aligned, aligned, alpha=0.0, heads=2)
+    per_head = lambda x: x.reshape(1, 6, 2, 2)  # noqa: E731
+    # alpha 0: the source's directions, the target keys' norms (per head), the source values entirely
+    assert torch.allclose(F.normalize(per_head(source_key), dim=-1), F.normalize(per_head(aligned), dim=-1), atol=1e-5)
+    assert torch.allclose(per_head(source_key).norm(dim=-1), per_head(key).norm(dim=-1), atol=1e-5)
+    assert torch.allclose(source_value, aligned, atol=1e-5)
+    new = torch.tensor([False, False, True, False, False, False])
+    kept_key, _ = interpolate_kv(key, value, aligned, aligned, alpha=0.0, heads=2, new=new)
+    assert torch.equal(kept_key[:, 2], key[:, 2]) and torch.allclose(kept_key[:, 0], source_key[:, 0])

@@ -7,7 +7,10 @@ as plain tensor functions the method composes:
   source patch (cosine of the patch's concatenated features), and overlapping patches are averaged back;
 - `patch_kernel`: the patch size by timestep (>= 799: 12, >= 599: 7, >= 299: 5, else 3);
 - `slerp_fixed_norm` / `slerp`: the attention interpolation's spherical blends of target and aligned source keys
-  (keeping the target key's norm) and values (norm interpolated linearly).
+  (keeping the target key's norm) and values (norm interpolated linearly);
+- `aligned_source`, `new_tokens`, `interpolate_kv`: correspondence-aware attention interpolation - source K/V
+  re-ordered to the target's layout by DIFT nearest neighbours, blended per head by alpha, except on tokens the
+  two-sided "new region" rule finds nothing for (mutual top-k, then a percentile of nearest distances).
 """
 
 from __future__ import annotations
@@ -110,3 +113,54 @@ def _slerp_directions(u: torch.Tensor, v: torch.Tensor, weight: float) -> torch.
     linear = (1 - weight) * u + weight * v
     result = torch.where(near, linear, blended)
     return result / result.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def new_tokens(distances: torch.Tensor, k: int = 4, quantile: float = 0.97) -> torch.Tensor:
+    """Cora's "new region" rule over a (target, source) distance matrix: a target token is new when no source token
+    is in a mutual top-k relation with it (neither lists the other among its k nearest) *and* its nearest source
+    token is farther than the `quantile` of all targets' nearest distances, matched targets counted as 0 (they
+    pull the threshold down, so a mostly matched picture still finds its few new tokens). Returns bool (target,)."""
+    k = min(k, *distances.shape)
+    targets_nearest = distances.topk(k, dim=1, largest=False).indices  # (T, k) sources
+    sources_nearest = distances.topk(k, dim=0, largest=False).indices  # (k, S) targets
+    listed_by_target = torch.zeros_like(distances, dtype=torch.bool).scatter_(1, targets_nearest, True)
+    listed_by_source = torch.zeros_like(distances, dtype=torch.bool).scatter_(0, sources_nearest, True)
+    matched = (listed_by_target & listed_by_source).any(dim=1)
+    nearest = torch.where(matched, torch.zeros_like(distances[:, 0]), distances.min(dim=1).values)
+    threshold = torch.quantile(nearest.float(), quantile)
+    return ~matched & (nearest > threshold)
+
+
+def aligned_source(
+    source: torch.Tensor, source_features: torch.Tensor, target_features: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source tokens (B, N, C) re-ordered to the target's layout: target token i takes the source token whose
+    feature (N, F) is nearest by cosine. Also returns the (target, source) cosine-distance matrix."""
+    distances = 1 - F.normalize(target_features.float(), dim=-1) @ F.normalize(source_features.float(), dim=-1).T
+    return source[:, distances.argmin(dim=1)], distances
+
+
+def interpolate_kv(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    source_key: torch.Tensor,
+    source_value: torch.Tensor,
+    alpha: float,
+    heads: int,
+    new: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cora's attention interpolation for one branch's K/V (B, N, C), per head: keys K' = SLERP keeping |K_t| from
+    the target towards the aligned source by 1 - alpha, values likewise with their norm interpolated; tokens marked
+    `new` (N,) keep the target's K/V (nothing in the source corresponds to them). alpha = 1: the target alone."""
+
+    def per_head(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(*x.shape[:-1], heads, x.shape[-1] // heads)
+
+    weight = 1.0 - alpha
+    blended_key = slerp_fixed_norm(per_head(key.float()), per_head(source_key.float()), weight).flatten(-2)
+    blended_value = slerp(per_head(value.float()), per_head(source_value.float()), weight).flatten(-2)
+    if new is not None:
+        keep = new.to(key.device)[None, :, None]
+        blended_key = torch.where(keep, key.float(), blended_key)
+        blended_value = torch.where(keep, value.float(), blended_value)
+    return blended_key.to(key.dtype), blended_value.to(value.dtype)
