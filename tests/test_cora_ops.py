@@ -114,3 +114,18 @@ def test_aligned_source_and_interpolation_follow_the_features_and_alpha():
     new = torch.tensor([False, False, True, False, False, False])
     kept_key, _ = interpolate_kv(key, value, aligned, aligned, alpha=0.0, heads=2, new=new)
     assert torch.equal(kept_key[:, 2], key[:, 2]) and torch.allclose(kept_key[:, 0], source_key[:, 0])
+
+
+def test_structural_alignment_restores_the_source_order_or_keeps_the_targets_by_beta():
+    from backend.engine.cora_ops import permute_queries, structural_permutation
+
+    generator = torch.Generator().manual_seed(3)
+    source = torch.randn(32, 16, generator=generator)  # 32 tokens, 2 heads of 8
+    shuffle = torch.randperm(32, generator=generator)
+    target = source[shuffle] + 0.05 * torch.randn(32, 16, generator=generator)
+    full = structural_permutation(source, target, heads=2, beta=1.0)
+    aligned = permute_queries(target, full, heads=2)
+    assert torch.allclose(aligned, source, atol=0.2)  # every head put the source's structure back
+    kept = structural_permutation(source, target, heads=2, beta=0.0)
+    assert torch.equal(kept, torch.arange(32).expand(2, -1))  # only the token distance: identity
+    assert sorted(full[0].tolist()) == list(range(32))  # a permutation: every target query used once

@@ -15,6 +15,7 @@ as plain tensor functions the method composes:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -164,3 +165,39 @@ def interpolate_kv(
         blended_key = torch.where(keep, key.float(), blended_key)
         blended_value = torch.where(keep, value.float(), blended_value)
     return blended_key.to(key.dtype), blended_value.to(value.dtype)
+
+
+def structural_permutation(
+    source_query: torch.Tensor, target_query: torch.Tensor, heads: int, beta: float
+) -> torch.Tensor:
+    """Cora's structural alignment: per head, the one-to-one assignment of target queries to source positions
+    minimising beta * C_SA + (1 - beta) * C_TC, each cost standardised (zero mean, unit std) - C_SA = -cos(q_src_i,
+    q_tgt_j) pulls the target into the source's structure, C_TC = sqrt(|i - j|) keeps each query near its own
+    place. Queries (N, C); returns (heads, N): position i takes target query [h, i]. The costs of all heads are
+    built in one batched product; each head's assignment is scipy's linear_sum_assignment."""
+    from scipy.optimize import linear_sum_assignment
+
+    count = source_query.shape[0]
+
+    def per_head(query: torch.Tensor) -> torch.Tensor:
+        return F.normalize(query.float().reshape(count, heads, -1).transpose(0, 1), dim=-1)  # (H, N, d)
+
+    semantic = -(per_head(source_query) @ per_head(target_query).transpose(1, 2))  # (H, N, N)
+    index = torch.arange(count, device=source_query.device, dtype=torch.float32)
+    distance = (index[:, None] - index[None, :]).abs().sqrt()[None]
+
+    def standardised(cost: torch.Tensor) -> torch.Tensor:
+        mean = cost.mean(dim=(-2, -1), keepdim=True)
+        return (cost - mean) / cost.std(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+
+    costs = (beta * standardised(semantic) + (1 - beta) * standardised(distance)).cpu().numpy()
+    columns = [linear_sum_assignment(cost)[1] for cost in costs]
+    return torch.as_tensor(np.stack(columns), device=source_query.device)
+
+
+def permute_queries(query: torch.Tensor, permutation: torch.Tensor, heads: int) -> torch.Tensor:
+    """Target queries (N, C) re-ordered per head by `structural_permutation`'s (heads, N) indices."""
+    count = query.shape[0]
+    split = query.reshape(count, heads, -1).transpose(0, 1)  # (H, N, d)
+    moved = torch.gather(split, 1, permutation[..., None].expand(-1, -1, split.shape[-1]))
+    return moved.transpose(0, 1).reshape(count, -1)
