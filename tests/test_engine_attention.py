@@ -273,3 +273,20 @@ def test_recorded_maps_keep_the_graph_when_asked(unet, inputs):
     loss = sum(store.get(name, 0)[..., 2].mean() for name in layers)
     loss.backward()
     assert context.grad is not None and context.grad.abs().sum() > 0
+
+
+def test_a_query_rule_sees_each_batch_item_and_its_change_reaches_only_that_item(unet, inputs):
+    """Cora permutes the target branch's queries: a rule that rewrites item 1's queries changes item 1's output
+    and leaves item 0 exactly as it was."""
+
+    class SwapQueryTokens(AttentionRule):
+        def edit_query(self, call, query):
+            changed = query.clone()
+            changed[1] = query[1].flip(0)  # item 1's queries in reverse token order
+            return changed
+
+    expected = forward(unet, inputs)
+    with controlled(unet, {name: SwapQueryTokens() for name in attention_layers(unet, kind="self", blocks=("up",))}):
+        edited = forward(unet, inputs)
+    assert torch.allclose(edited[0], expected[0], atol=1e-5)
+    assert (edited[1] - expected[1]).abs().max() > 1e-3

@@ -7,7 +7,7 @@ of monkey-patching `forward` (what the official repos do, and what broke when di
 `CrossAttention`), an `AttentionController` installs one `ControlledAttnProcessor` per named layer and puts the
 original processor objects back in `finally`.
 
-Rules see K/V *after* the projection and *before* the head split, shaped (batch, tokens, channels), so a
+Rules see queries and K/V *after* the projection and *before* the head split, shaped (batch, tokens, channels), so a
 memory bank recorded at batch 1 during inversion can be reused at any batch and masks index the token axis.
 Rules see maps shaped (batch, heads, query tokens, key tokens). Maps are only materialised on layers whose
 rules ask for them; everywhere else the processor takes the same SDPA path as diffusers' `AttnProcessor2_0`.
@@ -186,6 +186,10 @@ class AttentionRule:
     def active(self, step: int) -> bool:
         return self.steps is None or step in self.steps
 
+    def edit_query(self, call: AttentionCall, query: torch.Tensor) -> torch.Tensor:
+        """Queries (batch, tokens, channels) after the projection, before the head split (Cora's alignment)."""
+        return query
+
     def edit_kv(self, call: AttentionCall, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return key, value
 
@@ -355,6 +359,8 @@ class ControlledAttnProcessor:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
         query = attn.to_q(hidden_states)
+        for rule in rules:
+            query = rule.edit_query(call, query)
         if encoder_hidden_states is None:
             encoder_hidden_states = hidden_states
         elif attn.norm_cross:

@@ -118,10 +118,10 @@ def turbo_edit(
         corrections.append(correction)
         norms.append(norm)
         engine.report.progress(step + 1, total, stage)
-        engine.preview(step + 1, total, _x0_estimate(alphas, edited, levels[step + 1] if step + 1 < total else 0))
+        engine.preview(step + 1, total, preview_estimate(alphas, edited, levels[step + 1] if step + 1 < total else 0))
     return TurboEditResult(edited, corrections, norms)
 
 
-def _x0_estimate(alphas: torch.Tensor, latents: torch.Tensor, level: int) -> torch.Tensor:
+def preview_estimate(alphas: torch.Tensor, latents: torch.Tensor, level: int) -> torch.Tensor:
     """For previews: the latent at its noise level, scaled back (a noisy but recognisable picture)."""
     return latents if level <= 0 else latents / alphas[level].sqrt().to(latents.dtype)

@@ -23,6 +23,7 @@ METHOD_MODULES = (
     "backend.methods.mde_edit",
     "backend.methods.pix2pix_zero",
     "backend.methods.turboedit",
+    "backend.methods.cora",
 )
 
 

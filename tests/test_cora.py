@@ -1,0 +1,56 @@
+"""The Cora method: its layers, and a run through the worker on the tiny SDXL model."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from backend.protocol import EditRequest
+
+
+def test_the_layers_are_the_papers_26_self_attention_blocks_on_an_sdxl_shaped_unet():
+    """SDXL's decoder (10 + 10 + 10 transformer blocks at 1/4 of the latent side, 2 + 2 + 2 at 1/2) at 512 px:
+    Cora edits blocks 44-69, i.e. all but up_blocks.0.attentions.0."""
+    from diffusers import UNet2DConditionModel
+
+    from backend.methods.cora import cora_layers
+
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        block_out_channels=(32, 64, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 10),
+        attention_head_dim=8,
+        cross_attention_dim=16,
+        layers_per_block=2,
+        norm_num_groups=8,
+    )
+    layers = cora_layers(unet, (64, 64), "sdxl")
+    assert len(layers) == 26 and all(name.endswith(".attn1") for name in layers)
+    assert sum(name.startswith("up_blocks.0.attentions.1.") for name in layers) == 10
+    assert not any(name.startswith(("up_blocks.0.attentions.0.", "up_blocks.2")) for name in layers)
+    assert sum(name.startswith("up_blocks.1.") for name in layers) == 6
+    assert len(cora_layers(unet, (64, 64), "sd1")) == 36  # other families: every block at those two sides
+
+
+def test_cora_runs_in_four_steps_with_a_mask_and_keeps_the_outside(run_job, scene):
+    mask = np.zeros(scene.shape[:2], np.uint8)
+    mask[16:48, 0:32] = 255
+    request = EditRequest(
+        "cora",
+        image=scene,
+        source_prompt="a red square and a blue disc",
+        target_prompt="a red star and a blue disc",
+        masks={"edit": mask},
+        model="tiny-xl",
+    )
+    events = run_job(request)
+    assert events[-1].kind == "result", events[-1]
+    result = events[-1]
+    assert [e.kind for e in events].count("preview") == 4 and result.metadata["layers"] == 2
+    assert 0.0 <= result.metadata["new_token_fraction"] <= 1.0 and len(result.metadata["correction_norms"]) == 4
+    outside = mask == 0
+    outside[8:56, 0:40] = False  # the composite's feather
+    assert np.array_equal(result.image[outside], scene[outside])
+    same = EditRequest("cora", image=scene, source_prompt="a cat", target_prompt="a cat", model="tiny-xl")
+    assert run_job(same)[-1].kind == "error"
