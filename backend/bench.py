@@ -41,8 +41,11 @@ def bench_request(method: Method, size: int, steps: int) -> EditRequest:
     image, mask = bench_scene(size)
     inputs = set(method.info.inputs)
     masks = {item.split(":", 1)[1]: mask for item in inputs if item.startswith("mask:")}
-    names = {spec.name for spec in method.info.params}
+    specs = {spec.name: spec for spec in method.info.params}
+    names = set(specs)
     params: dict[str, object] = {"steps": steps} if "steps" in names else {}
+    if "steps" in names and specs["steps"].type == "choice":  # few-step methods offer a few counts: the nearest
+        params["steps"] = min(specs["steps"].choices, key=lambda choice: abs(int(choice) - steps))
     if "source_word" in names:  # prompt-free edits (pix2pix-zero) name the change by its words
         params.update(source_word="circle", target_word="square")
     return EditRequest(
