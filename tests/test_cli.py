@@ -115,7 +115,7 @@ def test_segment_writes_the_clicked_objects_mask(tmp_path, scene, capsys):
 
 
 def test_the_toy_world_suites_run_from_the_cli_and_write_their_tables(tmp_path, capsys):
-    """`eval-dragon`, `eval-mde` and `eval-pix2pix` (their own flags, a sweep) on a case or two at 2 steps: the JSON
+    """`eval-dragon`, `eval-mde`, `eval-pix2pix` and `eval-cora` (their own flags, sweeps) on a few cases: the JSON
     holds the judged rows and the summary; a wrong variant is refused by name."""
     dragon, mde = tmp_path / "dragon.json", tmp_path / "mde.json"
     assert main(["eval-dragon", "--tasks", "move", "--count", "1", "--steps", "2", "--json", str(dragon)]) == 0
@@ -133,6 +133,12 @@ def test_the_toy_world_suites_run_from_the_cli_and_write_their_tables(tmp_path, 
     assert list(runs) == ["pix2pix-zero", "sirg free_steps=0", "sirg free_steps=1"]
     assert [r["kind"] for r in runs["pix2pix-zero"]["rows"]] == ["shape", "colour"]
     assert {"edit_ok", "position_error", "structure_iou", "bg_psnr"} <= runs["sirg free_steps=1"]["rows"][0].keys()
+    few = tmp_path / "cora.json"
+    assert main(["eval-cora", "--count", "3", "--sweep", "alpha=0,1", "--json", str(few)]) == 0
+    runs = json.loads(few.read_text())["runs"]
+    assert list(runs) == ["turboedit", "cora", "cora alpha=0", "cora alpha=1"]
+    assert [r["kind"] for r in runs["cora"]["rows"]] == ["shape", "move", "add"]
+    assert {"look_change", "iou_source", "left_behind"} <= runs["cora alpha=0"]["rows"][1].keys()
     with pytest.raises(SystemExit):
         main(["eval-mde", "--variants", "mde-edit,nope"])
     assert "unknown variant(s) nope" in capsys.readouterr().err

@@ -54,3 +54,16 @@ def test_cora_runs_in_four_steps_with_a_mask_and_keeps_the_outside(run_job, scen
     assert np.array_equal(result.image[outside], scene[outside])
     same = EditRequest("cora", image=scene, source_prompt="a cat", target_prompt="a cat", model="tiny-xl")
     assert run_job(same)[-1].kind == "error"
+
+
+def test_cora_moves_the_square_by_prompt_where_turboedit_leaves_it_behind(toyworld_engine):
+    """Case 45 of `python -m backend eval-cora` ("at the left" -> "at the right", 4 steps, defaults): TurboEdit
+    keeps the object at its old place; Cora moves it to the right third, its look kept, nothing left behind."""
+    from backend.eval.cora import cases, judge, run_case
+
+    case = next(c for c in cases(30) if c.index == 45)
+    assert case.kind == "move"
+    turbo = judge(case, run_case(toyworld_engine, case, "turboedit", {}))
+    moved = judge(case, run_case(toyworld_engine, case, "cora", {}))
+    assert turbo["left_behind"] and not turbo["edit_ok"], turbo
+    assert moved["success"] and moved["appearance_kept"] and not moved["left_behind"], moved
