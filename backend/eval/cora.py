@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,7 @@ import numpy as np
 from scipy import ndimage
 
 from backend.colour import rgb_to_lab
-from backend.eval.suite import draw_cases, param_value, suite_engine, suite_params
+from backend.eval.suite import draw_cases, run_suite, suite_engine, suite_params, sweep_runs
 from backend.eval.toyworld import background_psnr, detect_objects, mask_iou, summarise
 from backend.models.toyworld.world import COLOURS, SHAPES, Scene, SceneObject, caption, render, scene_for_seed
 from backend.protocol import EditRequest
@@ -183,38 +181,25 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; expected some of {', '.join(VARIANTS)}")
     runs = [(variant, VARIANTS[variant], params) for variant in variants]
-    if args.sweep:
-        split = (item.partition("=") for item in args.sweep)
-        axes = [(name, [param_value(v) for v in values.split(",")]) for name, _, values in split]
-        for point in itertools.product(*(values for _, values in axes)):
-            setting = dict(zip((name for name, _ in axes), point))
-            runs.append(("cora " + " ".join(f"{k}={v}" for k, v in setting.items()), "cora", {**params, **setting}))
-    report: dict[str, Any] = {"params": params, "runs": {label: {"rows": []} for label, _, _ in runs}}
-    seconds = {label: 0.0 for label, _, _ in runs}
-    for case in cases(args.count):
-        strip = [case.image]
-        for label, method_id, run_params in runs:
-            began = time.perf_counter()
-            image = run_case(engine, case, method_id, run_params)
-            seconds[label] += time.perf_counter() - began
-            row = {"index": case.index, **judge(case, image)}
-            report["runs"][label]["rows"].append(row)
-            print(label, json.dumps(row), flush=True)
-            strip.append(image)
-        if args.images:
-            from PIL import Image
-
-            args.images.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.concatenate(strip, axis=1)).save(args.images / f"cora-{case.index:03d}.png")
-    for label, _, _ in runs:
-        rows = report["runs"][label]["rows"]
+    runs += sweep_runs(args.sweep, "cora", "cora", params)
+    results = run_suite(
+        cases(args.count),
+        runs,
+        lambda case, method_id, run_params: run_case(engine, case, method_id, run_params),
+        judge,
+        args.images,
+        "cora",
+    )
+    report: dict[str, Any] = {"params": params, "runs": {}}
+    for label, result in results.items():
+        rows = result["rows"]
         summary = summarise(rows)
         for kind in KINDS:
             of_kind = [r for r in rows if r["kind"] == kind]
             summary[f"{kind}_edits"] = f"{sum(r['edit_ok'] for r in of_kind)}/{len(of_kind)}"
         summary["appearance_kept"] = sum(r["appearance_kept"] for r in rows)
-        summary["seconds_per_edit"] = round(seconds[label] / max(len(rows), 1), 3)
-        report["runs"][label]["summary"] = summary
+        summary["seconds_per_edit"] = round(result["seconds"] / max(len(rows), 1), 3)
+        report["runs"][label] = {"rows": rows, "summary": summary}
         print(label, "SUMMARY", json.dumps(summary), flush=True)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 import math
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +38,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from backend.eval.suite import draw_cases, param_value, suite_engine, suite_params
+from backend.eval.suite import draw_cases, run_suite, suite_engine, suite_params, sweep_runs
 from backend.eval.toyworld import background_psnr, detect_objects, mask_iou, summarise
 from backend.models.toyworld.world import COLOURS, SHAPES, Scene, render, scene_for_seed
 from backend.protocol import EditRequest
@@ -233,47 +231,28 @@ def main(argv: list[str] | None = None) -> int:
     # One inversion and one reconstruction pass per scene serve every variant and sweep point.
     engine = suite_engine(args.model)
     params = suite_params(args.steps, args.param)
-    runs: list[tuple[str, str, dict[str, Any]]] = []  # (label, variant, params)
     variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; expected some of {', '.join(VARIANTS)}")
-    runs += [(variant, variant, params) for variant in variants]
-    if args.sweep:
-        axes = [
-            (name, [param_value(v) for v in values.split(",")])
-            for name, _, values in (s.partition("=") for s in args.sweep)
-        ]
-        for point in itertools.product(*(values for _, values in axes)):
-            setting = dict(zip((name for name, _ in axes), point))
-            label = "sirg " + " ".join(f"{k}={v}" for k, v in setting.items())
-            runs.append((label, "pix2pix-zero-sirg", {**params, **setting}))
-    report: dict[str, Any] = {"params": params, "runs": {label: {"rows": []} for label, _, _ in runs}}
-    seconds = {label: 0.0 for label, _, _ in runs}
-    results: dict[str, list[tuple[Case, np.ndarray]]] = {label: [] for label, _, _ in runs}
-    for case in cases(args.skip + args.count)[args.skip :]:
-        strip = [case.image]
-        for label, variant, run_params in runs:
-            began = time.perf_counter()
-            image, _ = run_case(engine, case, variant, run_params)
-            seconds[label] += time.perf_counter() - began
-            row = {"index": case.index, **judge(case, image)}
-            report["runs"][label]["rows"].append(row)
-            results[label].append((case, image))
-            print(label, json.dumps(row), flush=True)
-            strip.append(image)
-        if args.images:
-            from PIL import Image
-
-            args.images.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.concatenate(strip, axis=1)).save(args.images / f"pix2pix-{case.index:03d}.png")
-    for label, _, _ in runs:
-        rows = report["runs"][label]["rows"]
+    runs = [(variant, variant, params) for variant in variants]
+    runs += sweep_runs(args.sweep, "sirg", "pix2pix-zero-sirg", params)
+    results = run_suite(
+        cases(args.skip + args.count)[args.skip :],
+        runs,
+        lambda case, variant, run_params: run_case(engine, case, variant, run_params)[0],
+        judge,
+        args.images,
+        "pix2pix",
+    )
+    report: dict[str, Any] = {"params": params, "runs": {}}
+    for label, result in results.items():
+        rows = result["rows"]
         summary = summary_of(rows)
-        summary["seconds_per_edit"] = round(seconds[label] / max(len(rows), 1), 2)
+        summary["seconds_per_edit"] = round(result["seconds"] / max(len(rows), 1), 2)
         if args.clip or args.dino:
-            summary.update(paper_metrics(results[label], args.clip, args.dino))
-        report["runs"][label]["summary"] = summary
+            summary.update(paper_metrics(result["results"], args.clip, args.dino))
+        report["runs"][label] = {"rows": rows, "summary": summary}
         print(label, "SUMMARY", json.dumps(summary), flush=True)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -56,3 +59,51 @@ def draw_cases(count: int, seed: int, make: Callable[[int, np.random.Generator, 
         if case is not None:
             found.append(case)
     return found
+
+
+Run = tuple[str, str, dict[str, Any]]  # (label, what to run - a variant or method id, its parameters)
+
+
+def sweep_runs(items: list[str], prefix: str, target: str, params: dict[str, Any]) -> list[Run]:
+    """One run of `target` per point of the grid the --sweep NAME=V1,V2 items span, labelled "prefix k=v ..."."""
+    if not items:
+        return []
+    axes = [
+        (name, [param_value(v) for v in values.split(",")]) for name, _, values in (i.partition("=") for i in items)
+    ]
+    runs = []
+    for point in itertools.product(*(values for _, values in axes)):
+        setting = dict(zip((name for name, _ in axes), point))
+        label = prefix + " " + " ".join(f"{k}={v}" for k, v in setting.items())
+        runs.append((label, target, {**params, **setting}))
+    return runs
+
+
+def run_suite(
+    cases: list[Any],
+    runs: list[Run],
+    edit: Callable[[Any, str, dict[str, Any]], np.ndarray],
+    judge: Callable[[Any, np.ndarray], dict[str, Any]],
+    images: Path | None = None,
+    prefix: str = "case",
+) -> dict[str, dict[str, Any]]:
+    """Every run on every case: {label: {"rows": judged rows, "results": [(case, image)], "seconds": total}}, each
+    row printed as it comes; with `images`, one input | results strip per case."""
+    report = {label: {"rows": [], "results": [], "seconds": 0.0} for label, _, _ in runs}
+    for case in cases:
+        strip = [case.image]
+        for label, target, params in runs:
+            began = time.perf_counter()
+            image = edit(case, target, params)
+            report[label]["seconds"] += time.perf_counter() - began
+            row = {"index": case.index, **judge(case, image)}
+            report[label]["rows"].append(row)
+            report[label]["results"].append((case, image))
+            print(label, json.dumps(row), flush=True)
+            strip.append(image)
+        if images:
+            from PIL import Image
+
+            images.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.concatenate(strip, axis=1)).save(images / f"{prefix}-{case.index:03d}.png")
+    return report

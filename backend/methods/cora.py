@@ -68,10 +68,9 @@ from backend.engine.turbo import (
     preview_estimate,
     train_alphas,
 )
-from backend.errors import InputError
 from backend.methods.baselines import MAX_SIDE
 from backend.methods.registry import MethodResult, method
-from backend.methods.turboedit import FEW_STEP_FAMILIES
+from backend.methods.turboedit import FEW_STEP_FAMILIES, prompt_edit_inputs
 from backend.protocol import EditRequest, ParamSpec
 
 DIFT_BLOCK = 1
@@ -171,13 +170,9 @@ class CoraAttention(AttentionRule):
 @torch.no_grad()
 def cora(engine: Engine, request: EditRequest, report) -> MethodResult:
     p = request.params
-    if request.source_prompt.strip() == request.target_prompt.strip():
-        raise InputError("the source and target prompts are the same: there is nothing to edit")
     # Image -> x_0; prompts; the mask on the latent grid
-    working, latents = engine.prepare_image(request.image, p["max_side"] or None)
+    working, latents, source, target = prompt_edit_inputs(engine, request)
     size, latent_size = working.shape[:2], tuple(latents.shape[-2:])
-    source = engine.encode_prompts([request.source_prompt], size=size)
-    target = engine.encode_prompts([request.target_prompt], size=size)
     mask = request.masks.get("edit")
     latent_mask = None if mask is None else engine.mask_to_latent(engine.resize_mask(mask, size))
     # The attention rules on the chosen layers, sharing one state

@@ -12,9 +12,11 @@ No classifier-free guidance. Defaults: 4 steps [799, 599, 399, 199], w = 1.5, se
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from backend.engine.blend import composite
+from backend.engine.conditioning import Conditioning
 from backend.engine.context import Engine
 from backend.engine.turbo import LAST_STEP_MAX_NORM, TURBO_TIMESTEPS, turbo_edit
 from backend.errors import InputError
@@ -23,6 +25,20 @@ from backend.methods.registry import MethodResult, method
 from backend.protocol import EditRequest, ParamSpec
 
 FEW_STEP_FAMILIES = ("sd1", "sdxl")  # eps-predicting models; SD 2.x's v-prediction is not handled
+
+
+def prompt_edit_inputs(
+    engine: Engine, request: EditRequest
+) -> tuple[np.ndarray, torch.Tensor, Conditioning, Conditioning]:
+    """A few-step prompt edit's start (TurboEdit, Cora): the working picture, its x_0 and both prompts' conditioning;
+    the same prompt twice is refused first."""
+    if request.source_prompt.strip() == request.target_prompt.strip():
+        raise InputError("the source and target prompts are the same: there is nothing to edit")
+    working, latents = engine.prepare_image(request.image, request.params["max_side"] or None)
+    size = working.shape[:2]
+    source = engine.encode_prompts([request.source_prompt], size=size)
+    target = engine.encode_prompts([request.target_prompt], size=size)
+    return working, latents, source, target
 
 
 @method(
@@ -43,13 +59,8 @@ FEW_STEP_FAMILIES = ("sd1", "sdxl")  # eps-predicting models; SD 2.x's v-predict
 @torch.no_grad()
 def turboedit(engine: Engine, request: EditRequest, report) -> MethodResult:
     p = request.params
-    if request.source_prompt.strip() == request.target_prompt.strip():
-        raise InputError("the source and target prompts are the same: there is nothing to edit")
     # 1. Image -> x_0; prompts
-    working, latents = engine.prepare_image(request.image, p["max_side"] or None)
-    size = working.shape[:2]
-    source = engine.encode_prompts([request.source_prompt], size=size)
-    target = engine.encode_prompts([request.target_prompt], size=size)
+    _, latents, source, target = prompt_edit_inputs(engine, request)
     # 2. Invert and edit together
     result = turbo_edit(
         engine,
