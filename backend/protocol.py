@@ -68,6 +68,7 @@ class ParamSpec:
     maximum: float | None = None
     choices: tuple[str, ...] = ()
     label: str = ""
+    slider: bool = False  # a float with both bounds: the GUI shows a slider beside the number
 
     def validate(self, value: Any) -> Any:
         """Coerce `value` to this parameter's type or raise ValueError naming the parameter."""

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from backend.engine.cora_ops import (
     align_patches,
+    movement_intensifier,
     patch_kernel,
     patch_matches,
     slerp,
@@ -129,3 +130,25 @@ def test_structural_alignment_restores_the_source_order_or_keeps_the_targets_by_
     kept = structural_permutation(source, target, heads=2, beta=0.0)
     assert torch.equal(kept, torch.arange(32).expand(2, -1))  # only the token distance: identity
     assert sorted(full[0].tolist()) == list(range(32))  # a permutation: every target query used once
+
+
+def test_the_movement_intensifier_loosens_only_the_masked_region_by_its_strength():
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0)) * 3
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., 4:12, 2:10] = 1
+    inside = mask.bool().expand_as(latents)
+
+    def run(strength):
+        return movement_intensifier(latents, mask, strength, torch.Generator().manual_seed(1))
+
+    assert torch.allclose(run(0.0), latents, atol=1e-5)  # strength 0: nothing changes
+    loosened = run(0.2)
+    assert torch.equal(loosened[~inside], latents[~inside])  # outside the mask: untouched
+    # In effect (the reference's single-frame filter passes almost nothing as "low"): 0.8 x latents + 0.2 x noise
+    # whose value range is the latents'.
+    noise = (loosened - 0.8 * latents)[inside] / 0.2
+    assert abs(float(noise.std()) - 1.0) > 0.1  # range-matched, not unit noise
+    assert float(noise.max() - noise.min()) <= float(latents.max() - latents.min()) * 1.05
+    assert abs(torch.corrcoef(torch.stack([noise, latents[inside]]))[0, 1]) < 0.1
+    # Strength 1 keeps only the (tiny) low band and noise of its range: the region is all but wiped.
+    assert float(run(1.0)[inside].std()) < 0.05 * float(latents[inside].std())

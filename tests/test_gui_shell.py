@@ -116,6 +116,31 @@ def test_the_parameter_form_is_built_from_the_methods_paramspecs(qtbot, window, 
     assert form.values() == {"steps": 50} and form.seed == 0
 
 
+def test_cora_alpha_and_beta_are_sliders_that_follow_their_number(qtbot):
+    from backend.methods.registry import get_method
+    from desktop_app.panels.param_form import ParamForm, SliderSpin
+
+    form = ParamForm()
+    qtbot.addWidget(form)
+    form.set_specs(get_method("cora").info.params)
+    alpha, beta = form.editors["alpha"], form.editors["beta"]
+    assert isinstance(alpha, SliderSpin) and isinstance(beta, SliderSpin)
+    assert not isinstance(form.editors["pseudo_guidance"], SliderSpin)  # only where the spec asks
+    assert (alpha.value(), alpha.slider.value()) == (0.7, 70)
+    assert (beta.value(), beta.slider.value()) == (0.04, 4)
+    changes: list[int] = []
+    form.changed.connect(lambda: changes.append(1))
+    alpha.slider.setValue(25)  # a drag
+    assert form.values()["alpha"] == 0.25 and changes
+    beta.spin.setValue(0.333)  # a typed value keeps its decimals and moves the slider
+    assert form.values()["beta"] == 0.333 and beta.slider.value() == 33
+    beta.spin.setValue(5)  # the spin box holds the range
+    assert form.values()["beta"] == 1.0 and beta.slider.value() == 100
+    assert form.set_values({"alpha": 0.1}) == [] and alpha.slider.value() == 10
+    form.reset()
+    assert (form.values()["alpha"], form.values()["beta"]) == (0.7, 0.04)
+
+
 def test_run_sends_one_request_with_the_picture_and_the_prompt(qtbot, window, fake, scene):
     job_id = run_to_result(qtbot, window, "a green square")
     (request,) = fake.edits()

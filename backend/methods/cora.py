@@ -20,13 +20,14 @@ edit with c_tgt] - through the UNet:
 4. Correspondence-aware latent correction, below timestep 400: the correction noise z is re-arranged patch by
    patch to the target's layout (kernel by timestep), and x' = mu(x', c_tgt) + k * Align(z); above it TurboEdit's
    pseudo-guided update (w = 1.9). k clamps z's norm to 15.5 on the last step.
-5. Optional `edit` mask: above timestep 300 the target mean is kept only inside it (the inversion's outside).
+5. Optional `edit` mask: above timestep 300 the target mean is kept only inside it (the inversion's outside); on
+   steps above timestep 900 FlexiEdit's movement intensifier first loosens the region (`movement_intensifier` m:
+   (1 - m) of its high frequencies kept, m x range-matched noise added - see cora_ops), which helps pose changes.
 
 Layers (2, 3): self-attention of the decoder at 1/4 and 1/2 of the latent's side - for SDXL at 512 px exactly the
 paper's transformer blocks 44-69 (up_blocks.0.attentions.1-2 and up_blocks.1), leaving out up_blocks.0.attentions.0.
-Not built: FlexiEdit's low-pass "movement intensifier" of the reference code.
 Defaults: 4 steps [999, 799, 499, 199] with noise levels [799, 499, 199, 0]; alpha 0.7 (the code's default);
-beta 0.04 (the demo's default); w 1.9; seed as the request's.
+beta 0.04 (the demo's default); w 1.9; movement intensifier 0.2; seed as the request's.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from backend.engine.cora_ops import (
     align_patches,
     aligned_source,
     interpolate_kv,
+    movement_intensifier,
     new_tokens,
     patch_kernel,
     patch_matches,
@@ -76,6 +78,7 @@ from backend.protocol import EditRequest, ParamSpec
 DIFT_BLOCK = 1
 CLC_BELOW = 400  # dift_timestep: latent correction on steps with t below this
 MASK_ABOVE = 300  # the edit mask holds on steps with t above this
+INTENSIFY_ABOVE = 900  # the movement intensifier acts on steps with t above this (with a mask)
 SOURCE, TARGET = 0, 2  # batch items: inversion branch, target-prompt edit branch
 
 
@@ -159,10 +162,36 @@ class CoraAttention(AttentionRule):
     optional_inputs=("mask:edit",),
     params=(
         ParamSpec("steps", "choice", "4", "Steps", choices=("3", "4", "5"), label="Steps"),
-        ParamSpec("alpha", "float", 0.7, "alpha: appearance from the source (0) ... from the prompt (1)", 0, 1),
-        ParamSpec("beta", "float", 0.04, "beta: layout of the source (0) ... new layout (1 = no alignment)", 0, 1),
+        ParamSpec(
+            "alpha",
+            "float",
+            0.7,
+            "Appearance from the source (0) ... from the prompt (1)",
+            0,
+            1,
+            label="α",
+            slider=True,
+        ),
+        ParamSpec(
+            "beta",
+            "float",
+            0.04,
+            "Layout of the source (0) ... new layout (1 = no alignment)",
+            0,
+            1,
+            label="β",
+            slider=True,
+        ),
         ParamSpec("pseudo_guidance", "float", 1.9, "w: TurboEdit's pseudo-guidance before the correction", 0, 10),
         ParamSpec("latent_correction", "bool", True, "Re-arrange the correction noise by correspondence"),
+        ParamSpec(
+            "movement_intensifier",
+            "float",
+            0.2,
+            "With a mask: loosen the masked region on the first step so the shape or pose can change more (FlexiEdit)",
+            0,
+            1,
+        ),
         ParamSpec("max_norm", "float", LAST_STEP_MAX_NORM, "Last step's correction norm limit (0 = none)", 0, 1e3),
         MAX_SIDE,
     ),
@@ -213,6 +242,9 @@ def _edit(engine, x0, source, target, timesteps, p, seed, state, rules, latent_m
             state.features = (features[SOURCE : SOURCE + 1], features[TARGET : TARGET + 1])
             inverted, edit_source, edit_target = posterior_mean(alphas, batch, eps, t, t_prev).chunk(3)
             if latent_mask is not None and t > MASK_ABOVE:
+                if t > INTENSIFY_ABOVE and p["movement_intensifier"] > 0:
+                    generator = torch.Generator().manual_seed(seed + 1)
+                    edit_target = movement_intensifier(edit_target, latent_mask, p["movement_intensifier"], generator)
                 edit_target = latent_mask * edit_target + (1 - latent_mask) * inverted
             correction = drawn[step + 1] - inverted
             norm = float(correction.float().norm())

@@ -1,7 +1,8 @@
 """A method's parameter form, built from its ParamSpecs: never a hand-made form per method.
 
-int -> spin box, float -> double spin box, bool -> check box, choice -> combo box, str -> line edit; each with the
-paper's default, the allowed range and the help text as tooltip. Plus the seed, which every run records.
+int -> spin box, float -> double spin box (with a slider beside it when the spec asks for one), bool -> check
+box, choice -> combo box, str -> line edit; each with the paper's default, the allowed range and the help text as
+tooltip. Plus the seed, which every run records.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -17,6 +18,7 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLineEdit,
+    QSlider,
     QSpinBox,
     QToolButton,
     QWidget,
@@ -94,6 +96,8 @@ def _editor(spec: ParamSpec) -> QWidget:
     tooltip = spec.help + (f"\nDefault: {spec.default}" if spec.help else f"Default: {spec.default}")
     if spec.type == "int":
         editor: QWidget = QSpinBox(minimum=_bound(spec.minimum, -INT_LIMIT), maximum=_bound(spec.maximum, INT_LIMIT))
+    elif spec.type == "float" and spec.slider and None not in (spec.minimum, spec.maximum):
+        editor = SliderSpin(spec.minimum, spec.maximum, max(3, _decimals(spec)))
     elif spec.type == "float":
         editor = QDoubleSpinBox(decimals=_decimals(spec), singleStep=_step(spec))
         low = spec.minimum if spec.minimum is not None else -1e9
@@ -108,6 +112,53 @@ def _editor(spec: ParamSpec) -> QWidget:
     editor.setToolTip(tooltip)
     _write(editor, spec.default)
     return editor
+
+
+class SliderSpin(QWidget):
+    """A float between two bounds as a slider and a spin box that follow each other; the spin box holds the value
+    (typed values keep their decimals), the slider moves in hundredths of the range."""
+
+    valueChanged = Signal(float)
+    TICKS = 100
+
+    def __init__(self, minimum: float, maximum: float, decimals: int, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.minimum, self.maximum = float(minimum), float(maximum)
+        self.slider = QSlider(Qt.Orientation.Horizontal, minimum=0, maximum=self.TICKS)
+        self.spin = QDoubleSpinBox(decimals=decimals, singleStep=(self.maximum - self.minimum) / self.TICKS)
+        self.spin.setRange(self.minimum, self.maximum)
+        line = QHBoxLayout(self)
+        line.setContentsMargins(0, 0, 0, 0)
+        line.addWidget(self.slider, 1)
+        line.addWidget(self.spin)
+        self.slider.valueChanged.connect(self._slid)
+        self.spin.valueChanged.connect(self._typed)
+
+    def value(self) -> float:
+        return self.spin.value()
+
+    def setValue(self, value: float) -> None:  # noqa: N802 - the Qt editors' name, so _read/_write treat all alike
+        self.spin.setValue(value)
+
+    def setToolTip(self, text: str) -> None:  # noqa: N802
+        super().setToolTip(text)
+        self.slider.setToolTip(text)
+        self.spin.setToolTip(text)
+
+    def _slid(self, tick: int) -> None:
+        value = self.minimum + (self.maximum - self.minimum) * tick / self.TICKS
+        if round(self._tick(self.spin.value())) != tick:  # a drag, not the echo of a typed value
+            self.spin.setValue(value)
+
+    def _typed(self, value: float) -> None:
+        self.slider.blockSignals(True)
+        self.slider.setValue(round(self._tick(value)))
+        self.slider.blockSignals(False)
+        self.valueChanged.emit(value)
+
+    def _tick(self, value: float) -> float:
+        span = self.maximum - self.minimum
+        return (value - self.minimum) / span * self.TICKS if span > 0 else 0.0
 
 
 def _bound(value: float | None, fallback: int) -> int:
