@@ -139,6 +139,12 @@ def test_the_toy_world_suites_run_from_the_cli_and_write_their_tables(tmp_path, 
     assert list(runs) == ["turboedit", "cora", "cora alpha=0", "cora alpha=1"]
     assert [r["kind"] for r in runs["cora"]["rows"]] == ["shape", "move", "add"]
     assert {"look_change", "iou_source", "left_behind"} <= runs["cora alpha=0"]["rows"][1].keys()
+    arguments = ["eval-cora", "--count", "2", "--kinds", "colour,move", "--mask", "--variants", "cora"]
+    assert main([*arguments, "--json", str(few)]) == 0
+    rows = json.loads(few.read_text())["runs"]["cora"]["rows"]
+    assert [r["kind"] for r in rows] == ["colour", "move"] and all(-1 < r["toward_prompt"] < 2 for r in rows)
+    with pytest.raises(SystemExit):
+        main(["eval-cora", "--kinds", "colour,nope"])
     with pytest.raises(SystemExit):
         main(["eval-mde", "--variants", "mde-edit,nope"])
     assert "unknown variant(s) nope" in capsys.readouterr().err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from backend.protocol import EditRequest
@@ -83,3 +85,24 @@ def test_the_movement_intensifier_works_inside_the_mask_only_and_is_seeded(toywo
     changed = np.abs(plain.astype(int) - loosened.astype(int)).max(axis=-1) > 8
     assert changed[mask].mean() > 0.02  # the region is redrawn differently
     assert changed[~mask].mean() < 0.005  # outside: the same (but for the composite's feather at the edge)
+
+
+def test_the_suite_judges_the_ground_truth_right_and_reads_how_far_an_edit_went():
+    """The edited scene itself passes; an added circle on the wrong side of the object fails (the caption says
+    "<object> left of <circle>"); toward_prompt reads 0 for the source picture and ~1 for the edited scene."""
+    from backend.eval.cora import cases, judge
+    from backend.models.toyworld.world import Scene, render
+
+    drawn = cases(8, kinds=("add", "colour", "move"))
+    for case in drawn:
+        truth = judge(case, render(case.edited_scene, 128)[0])
+        assert truth["success"], (case.kind, truth)
+        if case.kind in ("colour", "move"):
+            assert abs(truth["toward_prompt"] - 1) < 0.15, truth
+            assert abs(judge(case, case.image)["toward_prompt"]) < 0.15
+    add = next(c for c in drawn if c.kind == "add")
+    first, circle = add.edited_scene.objects
+    wrong_side = Scene(
+        (first, dataclasses.replace(circle, x=first.x, y=min(first.y + 0.4, 0.85))), add.scene.background
+    )
+    assert not judge(add, render(wrong_side, 128)[0])["edit_ok"]

@@ -19,7 +19,8 @@ objects right and BG-PSNR >= 20 dB. For the alpha / beta sweeps, per case: `look
 edited object's mean colour from the source object's: appearance from the source near 0), the silhouette's IoU with
 the source object's (`iou_source`: the source's layout) and with the edited scene's (`iou_prompt`: the prompt's),
 and `toward_prompt`, how far the result went from the source (0) to the prompt (1): on colour edits along the Lab
-line from the source colour to the prompt's (median over the object's chromatic pixels), on moves along x (the mean
+line from the object's colour as drawn in the input to its colour as the edited scene draws it (median over the
+object's chromatic pixels), on moves along x (the mean
 x of every pixel of the object's colour found).
 
 `python -m backend eval-cora --count 20` prints the table; `--sweep alpha=0,0.5,1` runs Cora over a grid.
@@ -184,16 +185,19 @@ def _right_of(centroid: tuple[float, float], others: list, anchor: SceneObject) 
 def _toward_prompt(case: Case, found, lab_result: np.ndarray, old_masks, new_masks) -> float:
     """How far a colour edit or a move went, from the source (0) to the prompt (1); NaN for other kinds."""
     if case.kind == "colour":
-        before = case.scene.objects[case.changed].colour
-        after = case.edited_scene.objects[case.changed].colour
-        start, end = rgb_to_lab(np.array([COLOURS[before], COLOURS[after]], np.float32))
-        region = old_masks[case.changed] | new_masks[case.changed]
-        pixels = lab_result[region]
-        chromatic = pixels[np.hypot(pixels[:, 1], pixels[:, 2]) > 20]
-        if not len(chromatic):
+
+        def chromatic(lab: np.ndarray) -> np.ndarray:
+            return lab[np.hypot(lab[:, 1], lab[:, 2]) > 20]
+
+        # The ends: the object as drawn in the input and as the edited scene draws it (fills and tints included)
+        start = np.median(chromatic(rgb_to_lab(case.image[..., :3])[old_masks[case.changed]]), axis=0)
+        drawn = render(case.edited_scene, SIDE)[0]
+        end = np.median(chromatic(rgb_to_lab(drawn)[new_masks[case.changed]]), axis=0)
+        pixels = chromatic(lab_result[old_masks[case.changed] | new_masks[case.changed]])
+        if not len(pixels):
             return math.nan
         direction = end - start
-        return float(np.median((chromatic - start) @ direction / (direction @ direction)))
+        return float(np.median((pixels - start) @ direction / (direction @ direction)))
     if case.kind == "move":
         colour = case.scene.objects[0].colour
         pixels = np.logical_or.reduce([d.mask for d in found if d.colour == colour] or [np.zeros((SIDE, SIDE), bool)])
