@@ -175,3 +175,24 @@ def test_single_file_offline_without_configs_says_what_to_do(tmp_path, monkeypat
     save_file({"cond_stage_model.transformer.text_model.x": torch.zeros(1)}, str(path))
     with pytest.raises(ModelLoadError, match="model.safetensors \\(sd1\\).*diffusers configs"):
         load_model(str(path), device="cpu")
+
+
+def test_the_full_size_random_architectures_have_the_published_sizes_and_stay_out_of_the_model_list():
+    """`sd15-random` / `sdxl-random` time edits at full size without weights: their parts must be the real ones
+    (parameter counts of SD 1.5's and SDXL's UNet, CLIP ViT-L and OpenCLIP bigG, the VAE). Built on the meta
+    device here: shapes only, no memory."""
+    from backend.methods.cora import cora_layers
+    from backend.models import registry
+    from backend.models.fullsize import build_full_size
+
+    def count(module):
+        return sum(p.numel() for p in module.parameters())
+
+    sd = build_full_size("sd1", device="meta")
+    xl = build_full_size("sdxl", device="meta")
+    assert (count(sd.unet), [count(m) for m in sd.text_encoders]) == (859_520_964, [123_060_480])
+    assert (count(xl.unet), [count(m) for m in xl.text_encoders]) == (2_567_463_684, [123_060_480, 694_659_840])
+    assert count(sd.vae) == count(xl.vae) == 83_653_863 and xl.vae.config.force_upcast
+    assert len(cora_layers(xl.unet, (64, 64), "sdxl")) == 26  # the paper's transformer blocks 44-69
+    assert resolve("sdxl-random").family == "sdxl" and resolve("sd15-random").default_size == 512
+    assert not {"sd15-random", "sdxl-random"} & {spec.id for spec in registry.list_models()}

@@ -32,6 +32,7 @@ beta 0.04 (the demo's default); w 1.9; movement intensifier 0.2; seed as the req
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -103,6 +104,7 @@ class CoraState:
     beta: float
     features: tuple[torch.Tensor, torch.Tensor] | None = None
     new_fraction: list[float] = field(default_factory=list)
+    alignment_seconds: float = 0.0
 
 
 class CoraAttention(AttentionRule):
@@ -116,7 +118,9 @@ class CoraAttention(AttentionRule):
         structure = 1.0 - self.state.beta
         if call.step != 0 or structure <= 0:
             return query
+        started = time.perf_counter()
         permutation = structural_permutation(query[SOURCE], query[TARGET], self.heads, structure)
+        self.state.alignment_seconds += time.perf_counter() - started
         aligned = query.clone()
         aligned[TARGET] = permute_queries(query[TARGET], permutation, self.heads)
         return aligned
@@ -220,6 +224,7 @@ def cora(engine: Engine, request: EditRequest, report) -> MethodResult:
         "layers": len(rules),
         "correction_norms": [round(n, 2) for n in norms],
         "new_token_fraction": round(float(np.mean(state.new_fraction)), 4) if state.new_fraction else 0.0,
+        "alignment_seconds": round(state.alignment_seconds, 3),
     }
     return MethodResult(image, metadata)
 

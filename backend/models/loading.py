@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from backend.models.bundle import ModelBundle
+from backend.models.fullsize import build_full_size
 from backend.models.registry import ModelNotFound, ModelSpec, resolve
 from backend.models.tiny import build_tiny
 
@@ -57,7 +58,9 @@ def load_model(
     spec = resolve(model_id)
     target_device = choose_device(device)
     target_dtype = choose_dtype(target_device, dtype)
-    if spec.source == "builtin":
+    if spec.source == "builtin" and spec.location.startswith("full:"):
+        bundle = build_full_size(spec.location.removeprefix("full:"), device=target_device)
+    elif spec.source == "builtin":
         bundle = build_tiny(spec.location)
     elif spec.source == "folder":
         bundle = load_diffusers_folder(Path(spec.location), target_dtype, model_id=spec.id)

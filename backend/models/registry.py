@@ -1,9 +1,10 @@
 """Which models Atelier knows and where each one comes from.
 
-A model id is one of: a built-in name (`tiny`, `tiny-xl`), the shipped toy-world model (`toyworld`, a diffusers
-folder under resources/models/ trained by `python -m backend train-toyworld`), a known alias (`sd15`, `sdxl-turbo`,
-…), a hub id (`owner/name`), a local diffusers folder, a single `.safetensors` checkpoint, or the name of a
-folder/file inside the user's models folder.
+A model id is one of: a built-in name (`tiny`, `tiny-xl`; `sd15-random`, `sdxl-random`: full-size architectures
+with random weights, for timing), the shipped toy-world model (`toyworld`, a diffusers folder under
+resources/models/ trained by `python -m backend train-toyworld`), a known alias (`sd15`, `sdxl-turbo`, …), a hub id
+(`owner/name`), a local diffusers folder, a single `.safetensors` checkpoint, or the name of a folder/file inside
+the user's models folder.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
     "tiny": ModelSpec("tiny", "Tiny SD1-architecture test model (random weights)", "builtin", "sd1", "sd1", 64),
     "tiny-xl": ModelSpec(
         "tiny-xl", "Tiny SDXL-architecture test model (random weights)", "builtin", "sdxl", "sdxl", 64
+    ),
+    # Full-size architectures, random weights: what an edit costs (time, memory) without the weights
+    "sd15-random": ModelSpec(
+        "sd15-random", "SD 1.5 architecture, random weights (timing only)", "builtin", "full:sd1", "sd1", 512
+    ),
+    "sdxl-random": ModelSpec(
+        "sdxl-random", "SDXL architecture, random weights (timing only)", "builtin", "full:sdxl", "sdxl", 512
     ),
 }
 
@@ -118,8 +126,10 @@ def _local_spec(model_id: str, path: Path) -> ModelSpec | None:
 
 
 def list_models() -> list[ModelSpec]:
-    """Built-ins, known hub aliases, and whatever sits in the user's models folder."""
-    specs = [*shipped_models().values(), *BUILTIN_MODELS.values(), *HUB_ALIASES.values()]
+    """Built-ins, known hub aliases, and whatever sits in the user's models folder (not the full-size random
+    architectures: they are for `bench`, and draw noise)."""
+    builtins = [spec for spec in BUILTIN_MODELS.values() if not spec.location.startswith("full:")]
+    specs = [*shipped_models().values(), *builtins, *HUB_ALIASES.values()]
     folder = models_dir()
     if folder.is_dir():
         for entry in sorted(folder.iterdir()):
