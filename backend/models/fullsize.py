@@ -19,36 +19,25 @@ from backend.models.tiny import clip_tokenizer, sd_scheduler_config
 FULL_SIZE_IMAGE = 512
 
 
-def _clip_l() -> CLIPTextConfig:
+def _clip(hidden: int, layers: int, heads: int, activation: str) -> CLIPTextConfig:
+    """A CLIP text transformer of the published shape (MLP 4x wide, 77 positions, the CLIP BPE vocabulary)."""
     return CLIPTextConfig(
         vocab_size=49408,
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
         max_position_embeddings=77,
-        hidden_act="quick_gelu",
-        projection_dim=768,
+        hidden_act=activation,
+        projection_dim=hidden,
         bos_token_id=49406,
         eos_token_id=49407,
         pad_token_id=1,
     )
 
 
-def _clip_big_g() -> CLIPTextConfig:
-    return CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=1280,
-        intermediate_size=5120,
-        num_hidden_layers=32,
-        num_attention_heads=20,
-        max_position_embeddings=77,
-        hidden_act="gelu",
-        projection_dim=1280,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=1,
-    )
+CLIP_L = dict(hidden=768, layers=12, heads=12, activation="quick_gelu")  # SD 1.5; SDXL's first encoder
+CLIP_BIG_G = dict(hidden=1280, layers=32, heads=20, activation="gelu")  # SDXL's second encoder (OpenCLIP bigG)
 
 
 def _vae(scaling_factor: float, force_upcast: bool) -> AutoencoderKL:
@@ -107,10 +96,10 @@ def build_full_size(family: str, seed: int = 0, device: torch.device | str = "cp
             unet = _unet(family)
             if family == "sd1":
                 vae = _vae(0.18215, force_upcast=False)
-                text_encoders = [CLIPTextModel(_clip_l())]
+                text_encoders = [CLIPTextModel(_clip(**CLIP_L))]
             else:
                 vae = _vae(0.13025, force_upcast=True)
-                text_encoders = [CLIPTextModel(_clip_l()), CLIPTextModelWithProjection(_clip_big_g())]
+                text_encoders = [CLIPTextModel(_clip(**CLIP_L)), CLIPTextModelWithProjection(_clip(**CLIP_BIG_G))]
         tokenizers = [clip_tokenizer()] if family == "sd1" else [clip_tokenizer(), clip_tokenizer(pad_token="!")]
     finally:
         torch.random.set_rng_state(generator_state)
