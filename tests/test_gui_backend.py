@@ -111,6 +111,24 @@ def test_a_prompt_free_edit_is_set_up_in_the_method_form_and_runs(qtbot, live_wi
     assert layer.recipe["method"] == "pix2pix-zero-sirg" and layer.recipe["params"]["direction"] == "aligned"
 
 
+def test_cora_runs_from_the_method_form_with_its_sliders_and_previews_every_step(qtbot, live_window):
+    """Cora in the GUI: two prompts, alpha dragged on its slider, four steps each previewed, the recipe keeps it."""
+    window = live_window
+    choose(window, "cora", "a red star and a blue disc")
+    window.method_panel.source_prompt.setText("a red square and a blue disc")
+    form = window.method_panel.param_form
+    form.editors["alpha"].slider.setValue(30)  # the user drags alpha to 0.3
+    recorder = Recorder(window.link)
+    job_id = window.run_edit()
+    qtbot.waitUntil(lambda: window.staging.metadata is not None, timeout=JOB_MS)
+    assert [event.step for event in recorder.of(job_id, "preview")] == [1, 2, 3, 4]
+    assert window.staging.metadata["layers"] > 0
+    window.accept_result()
+    (layer,) = [layer for layer in window.document.layers_of(RasterLayer) if layer.recipe]
+    assert layer.recipe["method"] == "cora" and layer.recipe["params"]["alpha"] == 0.3
+    assert layer.recipe["params"]["beta"] == 0.04 and layer.recipe["source_prompt"] == "a red square and a blue disc"
+
+
 def test_cancel_during_a_run_stops_within_one_step_and_the_window_stays_responsive(qtbot, live_window, capsys):
     window = live_window
     # At 384 px a step of the tiny model takes tens of ms, as a real model's step is longer than the cancel's trip
