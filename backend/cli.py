@@ -414,6 +414,7 @@ EVAL_SUITES = {
     "eval-mde": "MDE-Edit vs NTI + P2P on two-object toy-world edits, judged by ground truth",
     "eval-pix2pix": "DDIM + word swap vs pix2pix-zero vs pix2pix-zero + SIRG on toy-world word swaps",
     "eval-cora": "Cora vs TurboEdit on few-step structural toy-world edits (shape, move, add)",
+    "eval-transfer": "Eye-for-an-eye vs the K/V swap on toy-world appearance transfers (whole, halves)",
 }
 
 

@@ -290,3 +290,28 @@ def test_a_query_rule_sees_each_batch_item_and_its_change_reaches_only_that_item
         edited = forward(unet, inputs)
     assert torch.allclose(edited[0], expected[0], atol=1e-5)
     assert (edited[1] - expected[1]).abs().max() > 1e-3
+
+
+def test_an_input_rule_rewrites_the_features_queries_keys_and_values_come_from(unet, inputs):
+    """Eye-for-an-eye copies another item's input features into item 0 before Q/K/V: with item 1's features
+    copied in every up self-attention layer, item 0 no longer computes what it did, item 1 is untouched; a rule
+    that returns the features as they are changes nothing."""
+
+    class CopyFeatures(AttentionRule):
+        def edit_input(self, call, hidden_states):
+            changed = hidden_states.clone()
+            changed[0] = hidden_states[1]
+            return changed
+
+    class Keep(AttentionRule):
+        def edit_input(self, call, hidden_states):
+            return hidden_states
+
+    layers = attention_layers(unet, kind="self", blocks=("up",))
+    expected = forward(unet, inputs)
+    with controlled(unet, {name: Keep() for name in layers}):
+        assert torch.allclose(forward(unet, inputs), expected, atol=1e-6)
+    with controlled(unet, {name: CopyFeatures() for name in layers}):
+        edited = forward(unet, inputs)
+    assert torch.allclose(edited[1], expected[1], atol=1e-5)
+    assert (edited[0] - expected[0]).abs().max() > 1e-3

@@ -248,3 +248,46 @@ def test_edit_metrics_aggregates_the_set(clip, dino):
     assert edit_metrics(sources, edits, SOURCE_PROMPTS, TARGET_PROMPTS) == {"count": 4}
     with pytest.raises(InputError):
         edit_metrics(sources, edits[:3], SOURCE_PROMPTS, TARGET_PROMPTS, dino=dino)
+
+
+def test_histogram_distance_reads_the_colours_inside_the_masks():
+    from backend.eval.metrics import histogram_distance
+
+    red, blue = np.zeros((32, 32, 3), np.uint8), np.zeros((32, 32, 3), np.uint8)
+    red[..., 0], blue[..., 2] = 220, 220
+    half = np.zeros((32, 32), bool)
+    half[:, :16] = True
+    mixed = red.copy()
+    mixed[:, 16:] = blue[:, 16:]
+    assert histogram_distance(red, None, red, None) == 0.0
+    assert histogram_distance(red, None, blue, None) == 1.0
+    assert histogram_distance(mixed, half, red, None) == 0.0  # only the masked (red) half counts
+    assert histogram_distance(mixed, None, red, None) == pytest.approx(0.5)
+    with pytest.raises(InputError, match="no pixels"):
+        histogram_distance(red, np.zeros((32, 32), bool), red, None)
+
+
+def test_edge_agreement_is_one_for_the_same_structure_and_drops_when_it_moves():
+    from backend.eval.metrics import edge_agreement
+
+    square = np.full((64, 64, 3), 240, np.uint8)
+    square[16:48, 16:48] = (200, 30, 30)
+    recoloured = square.copy()
+    recoloured[16:48, 16:48] = (30, 30, 200)  # same shape, other colour: the structure is kept
+    moved = np.full((64, 64, 3), 240, np.uint8)
+    moved[24:56, 24:56] = (200, 30, 30)
+    assert edge_agreement(square, square) == 1.0
+    assert edge_agreement(recoloured, square) > 0.95
+    assert edge_agreement(moved, square) < 0.6
+
+
+def test_clip_image_similarity_is_the_cosine_of_the_image_embeddings(clip):
+    from backend.eval.metrics import clip_image_similarity
+
+    images = _images(3)
+    same = clip_image_similarity(clip, images, images)
+    assert same == pytest.approx([1.0] * 3, abs=1e-5)
+    crossed = clip_image_similarity(clip, images, images[::-1])
+    assert crossed[0] == pytest.approx(crossed[2], abs=1e-6) and crossed[0] < 0.9999
+    with pytest.raises(InputError):
+        clip_image_similarity(clip, images, images[:2])

@@ -172,7 +172,7 @@ class KVBank:
 
 
 class AttentionRule:
-    """A rule acts on one attention call. Override `edit_kv` and/or `edit_probs`.
+    """A rule acts on one attention call. Override `edit_input`, `edit_query`, `edit_kv` and/or `edit_probs`.
 
     `steps` limits the rule to some sampling steps (e.g. `range(10)` for P2P's first 10 steps); None = always.
     A rule with `needs_probs = True` makes its layer materialise softmax(QK^T * scale).
@@ -185,6 +185,11 @@ class AttentionRule:
 
     def active(self, step: int) -> bool:
         return self.steps is None or step in self.steps
+
+    def edit_input(self, call: AttentionCall, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The layer's input features (batch, tokens, channels), before Q/K/V are projected from them - the block's
+        normalised hidden states (Eye-for-an-eye rearranges these); a self-attention layer takes K/V from them too."""
+        return hidden_states
 
     def edit_query(self, call: AttentionCall, query: torch.Tensor) -> torch.Tensor:
         """Queries (batch, tokens, channels) after the projection, before the head split (Cora's alignment)."""
@@ -358,6 +363,8 @@ class ControlledAttnProcessor:
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
+        for rule in rules:
+            hidden_states = rule.edit_input(call, hidden_states)
         query = attn.to_q(hidden_states)
         for rule in rules:
             query = rule.edit_query(call, query)

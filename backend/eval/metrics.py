@@ -235,3 +235,71 @@ def edit_metrics(
         dist, dist_v = zip(*(dino.distances(source, edit) for source, edit in zip(sources, edits)))
         result["dist"], result["dist_v"] = float(np.mean(dist)), float(np.mean(dist_v))
     return result
+
+
+# --- appearance transfer (Eye-for-an-eye) ----------------------------------------------------------------
+
+
+def colour_histogram(image: np.ndarray, mask: np.ndarray | None = None, bins: int = 8) -> np.ndarray:
+    """Normalised joint RGB histogram (bins^3,) of the pixels inside `mask` (all pixels without one)."""
+    pixels = _check_image(image).reshape(-1, 3)
+    if mask is not None:
+        pixels = pixels[np.asarray(mask).reshape(-1) > 0]
+    if not len(pixels):
+        raise InputError("the mask selects no pixels", hint="Give a mask that covers the object.")
+    cells = (pixels.astype(np.int64) * bins) // 256
+    flat = (cells[:, 0] * bins + cells[:, 1]) * bins + cells[:, 2]
+    counts = np.bincount(flat, minlength=bins**3).astype(np.float64)
+    return counts / counts.sum()
+
+
+def histogram_distance(
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    reference: np.ndarray,
+    reference_mask: np.ndarray | None,
+    bins: int = 8,
+) -> float:
+    """A_hist: how far the colours inside `mask` are from the reference's inside its mask - the total variation
+    distance of the two joint RGB histograms, 0 (same colour distribution) ... 1 (no colour in common)."""
+    a = colour_histogram(image, mask, bins)
+    b = colour_histogram(reference, reference_mask, bins)
+    return float(0.5 * np.abs(a - b).sum())
+
+
+def edge_map(image: np.ndarray, threshold: float = 0.1) -> np.ndarray:
+    """Bool edges: Sobel gradient magnitude of the grey image above `threshold` of its range."""
+    from scipy import ndimage
+
+    grey = _check_image(image).astype(np.float32).mean(axis=-1) / 255.0
+    magnitude = np.hypot(ndimage.sobel(grey, axis=0), ndimage.sobel(grey, axis=1))
+    return magnitude > threshold * max(float(magnitude.max()), 1e-6)
+
+
+def edge_agreement(
+    image: np.ndarray, structure: np.ndarray, mask: np.ndarray | None = None, tolerance: int = 1
+) -> float:
+    """Structure kept, without extra models: F1 of the result's edges against the structure image's, an edge
+    counted as found within `tolerance` pixels, inside `mask` grown by the tolerance (all pixels without one).
+    Both without edges there: 1."""
+    from scipy import ndimage
+
+    region = np.ones(structure.shape[:2], bool) if mask is None else np.asarray(mask) > 0
+    region = ndimage.binary_dilation(region, iterations=tolerance + 1)
+    got, wanted = edge_map(image) & region, edge_map(structure) & region
+    if not got.any() and not wanted.any():
+        return 1.0
+    near_wanted = ndimage.binary_dilation(wanted, iterations=tolerance)
+    near_got = ndimage.binary_dilation(got, iterations=tolerance)
+    precision = (got & near_wanted).sum() / max(got.sum(), 1)
+    recall = (wanted & near_got).sum() / max(wanted.sum(), 1)
+    return float(2 * precision * recall / max(precision + recall, 1e-12))
+
+
+def clip_image_similarity(
+    scorer: ClipScorer, images: Sequence[np.ndarray], references: Sequence[np.ndarray]
+) -> list[float]:
+    """A_CLIP: cosine of each result's CLIP image embedding with its reference's."""
+    if len(images) != len(references):
+        raise InputError(f"{len(images)} images but {len(references)} references")
+    return (scorer.image_embeddings(images) * scorer.image_embeddings(references)).sum(-1).tolist()

@@ -92,6 +92,8 @@ def run_suite(
     report = {label: {"rows": [], "results": [], "seconds": 0.0} for label, _, _ in runs}
     for case in cases:
         strip = [case.image]
+        if getattr(case, "reference_image", None) is not None:  # appearance transfer: show what was transferred
+            strip.append(case.reference_image)
         for label, target, params in runs:
             began = time.perf_counter()
             image = edit(case, target, params)

@@ -24,6 +24,7 @@ METHOD_MODULES = (
     "backend.methods.pix2pix_zero",
     "backend.methods.turboedit",
     "backend.methods.cora",
+    "backend.methods.eye_for_an_eye",
 )
 
 
