@@ -129,6 +129,24 @@ def test_cora_runs_from_the_method_form_with_its_sliders_and_previews_every_step
     assert layer.recipe["params"]["beta"] == 0.04 and layer.recipe["source_prompt"] == "a red square and a blue disc"
 
 
+def test_an_appearance_transfer_takes_the_reference_layer_and_previews_every_step(qtbot, live_window, scene):
+    """Eye-for-an-eye in the GUI: without a reference the run is refused with where to add one; with a reference
+    layer it runs, previews each of the steps after the skip, and the accepted layer's recipe keeps the mode."""
+    window = live_window
+    panel = window.method_panel
+    panel.method_combo.setCurrentIndex(panel.method_combo.findData("eye-for-an-eye"))
+    panel.param_form.set_values({**panel.param_form.values(), "steps": 12, "skip_steps": 4, "mode": "kv-swap"})
+    assert window.run_edit() is None  # no reference layer yet: nothing is sent
+    window.reference_panel.add_reference_image(scene[::-1].copy(), "Swatch")
+    recorder = Recorder(window.link)
+    job_id = window.run_edit()
+    qtbot.waitUntil(lambda: window.staging.metadata is not None, timeout=JOB_MS)
+    assert [event.step for event in recorder.of(job_id, "preview")] == list(range(1, 9))
+    window.accept_result()
+    (layer,) = [layer for layer in window.document.layers_of(RasterLayer) if layer.recipe]
+    assert layer.recipe["method"] == "eye-for-an-eye" and layer.recipe["params"]["mode"] == "kv-swap"
+
+
 def test_cancel_during_a_run_stops_within_one_step_and_the_window_stays_responsive(qtbot, live_window, capsys):
     window = live_window
     # At 384 px a step of the tiny model takes tens of ms, as a real model's step is longer than the cancel's trip
