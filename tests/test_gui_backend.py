@@ -135,7 +135,7 @@ def test_an_appearance_transfer_takes_the_reference_layer_and_previews_every_ste
     window = live_window
     panel = window.method_panel
     panel.method_combo.setCurrentIndex(panel.method_combo.findData("eye-for-an-eye"))
-    panel.param_form.set_values({**panel.param_form.values(), "steps": 12, "skip_steps": 4, "mode": "kv-swap"})
+    panel.param_form.set_values({**panel.param_form.values(), "steps": 12, "mode": "kv-swap"})
     assert window.run_edit() is None  # no reference layer yet: nothing is sent
     window.reference_panel.add_reference_image(scene[::-1].copy(), "Swatch")
     recorder = Recorder(window.link)

@@ -17,12 +17,14 @@ Eye-for-an-eye matches explicitly and moves the reference's features into place 
    - otherwise ("feature injection"): every out position inside the target mask takes the reference feature (inside
      the reference mask) of highest cosine similarity with it - a dense DIFT-style nearest neighbour recomputed at
      each step and layer, here one matrix product + argmax instead of the reference code's per-pixel loop.
-4. Masked AdaIN: from step 49 on, the out latent's per-channel mean and standard deviation inside the target mask
-   are set to the reference latent's inside the reference mask.
+4. Masked AdaIN: from step 49 on (of the remaining 68), the out latent's per-channel mean and standard deviation
+   inside the target mask are set to the reference latent's inside the reference mask.
 5. Decode; with a target mask, the pixels outside it are the input's.
 
 Modes: `features` (the paper), `values` (the paper's ablation: only V rearranged by the same matches) and `kv-swap`
 (the Cross-Image-Attention baseline: out's keys and values are the reference's, no explicit correspondence).
+Every step setting is on the paper's 100-step schedule and scales with `steps` (at 20 steps: skip 6, correspondence
+steps 2-14, refresh every 5th step below 8, AdaIN from step 9); the refresh period is not scaled.
 One departure: the transfer's CFG scale defaults to the inversion's (3.5) where the code's is 1. Edit-friendly z
 reproduce a trajectory only under the predictor that computed them; at 1 the reference and structure branches drift
 from their own pictures (measured on the toy world: a red square comes back orange, blue turns cyan). With
@@ -102,6 +104,32 @@ def masked_adain(
     restyled = (content.float() - content_mean) / content_std * style_std + style_mean
     blended = content.float() * (1 - content_mask) + restyled * content_mask
     return blended.to(content.dtype)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The paper's step settings (on its 100-step schedule) scaled to the chosen step count."""
+
+    skip: int
+    features: range
+    refresh_every: int
+    refresh_until: int
+    adain_from: int  # the reference code's callback applies AdaIN from one step before adain_start
+
+    @classmethod
+    def scaled(cls, p: dict) -> Schedule:
+        factor = p["steps"] / 100
+
+        def at(value: int) -> int:
+            return int(round(value * factor))
+
+        return cls(
+            min(at(p["skip_steps"]), p["steps"] - 1),
+            range(at(p["feature_start"]), at(p["feature_end"])),
+            p["refresh_every"],  # a period: every 5th step stays every 5th step
+            at(p["refresh_until"]),
+            at(p["adain_start"]) - 1,
+        )
 
 
 @dataclass
@@ -192,7 +220,7 @@ def _inverted(engine: Engine, image: np.ndarray, latents, prompt, cond, uncond, 
             [z.to(engine.device) for z in cached.noises],
         )
     (trajectory,) = ddpm_invert(
-        engine, latents, cond, uncond, timesteps, p["inversion_guidance"], seed, start=int(p["skip_steps"])
+        engine, latents, cond, uncond, timesteps, p["inversion_guidance"], seed, start=Schedule.scaled(p).skip
     )
     stored = DDPMTrajectory(
         trajectory.timesteps, [x.cpu() for x in trajectory.latents], [z.cpu() for z in trajectory.noises]
@@ -210,18 +238,38 @@ def _inverted(engine: Engine, image: np.ndarray, latents, prompt, cond, uncond, 
     optional_inputs=("mask:edit", "source_prompt"),
     params=(
         ParamSpec("steps", "int", 100, "DDPM steps of inversion and sampling", 10, 1000),
-        ParamSpec("skip_steps", "int", 32, "Steps skipped at the start (the edit starts from the inverted latent)", 0),
         ParamSpec("domain", "str", "object", "What the pictures show: the prompt is 'a photo of a <domain>'"),
         ParamSpec(
             "mode", "choice", "features", "features (paper), values (ablation), kv-swap (baseline)", choices=MODES
         ),
-        ParamSpec("feature_start", "int", 10, "First step (after the skip) of the correspondence", 0),
-        ParamSpec("feature_end", "int", 70, "Step (after the skip) the correspondence ends before", 0),
-        ParamSpec("refresh_every", "int", 5, "Structure refresh: every n-th step the out features are the target's", 0),
-        ParamSpec("refresh_until", "int", 40, "Structure refresh only below this step", 0),
+        # The schedule, in steps of the paper's 100 (scaled to `steps`):
+        ParamSpec(
+            "skip_steps",
+            "int",
+            32,
+            "Steps skipped at the start (of 100; the edit starts from the inverted latent)",
+            0,
+            99,
+        ),
+        ParamSpec("feature_start", "int", 10, "First step after the skip with the correspondence (of 100)", 0, 100),
+        ParamSpec("feature_end", "int", 70, "Step after the skip the correspondence ends before (of 100)", 0, 100),
+        ParamSpec(
+            "refresh_every",
+            "int",
+            5,
+            "Structure refresh: every n-th step the out features are the target's (not scaled)",
+            0,
+            100,
+        ),
+        ParamSpec("refresh_until", "int", 40, "Structure refresh only below this step after the skip (of 100)", 0, 100),
         ParamSpec("adain", "bool", True, "Masked AdaIN of the latent towards the reference's statistics, late"),
         ParamSpec(
-            "adain_start", "int", 50, "Step (after the skip) the AdaIN starts at (the code applies it 1 early)", 0
+            "adain_start",
+            "int",
+            50,
+            "Step after the skip the AdaIN starts at (of 100; the code applies it 1 early)",
+            0,
+            100,
         ),
         ParamSpec("inversion_guidance", "float", 3.5, "CFG scale of the inversion", 1, 30),
         ParamSpec(
@@ -240,8 +288,7 @@ def eye_for_an_eye(engine: Engine, request: EditRequest, report) -> MethodResult
     p = request.params
     if request.reference_image is None:
         raise InputError("Eye-for-an-eye needs a reference image: the appearance to transfer")
-    if p["skip_steps"] >= p["steps"]:
-        raise InputError(f"skip_steps ({p['skip_steps']}) must be below steps ({p['steps']})")
+    plan = Schedule.scaled(p)
     working, structure_latents = engine.prepare_image(request.image, p["max_side"] or None)
     size = working.shape[:2]
     reference = engine.to_working(request.reference_image[..., :3], size)
@@ -257,9 +304,7 @@ def eye_for_an_eye(engine: Engine, request: EditRequest, report) -> MethodResult
     pixels_out = _pixel_mask(target_mask, size)
     pixels_reference = _pixel_mask(request.reference_mask, size)
     latent_size = tuple(structure_latents.shape[-2:])
-    state = TransferState(
-        p["mode"], range(p["feature_start"], p["feature_end"]), p["refresh_every"], p["refresh_until"]
-    )
+    state = TransferState(p["mode"], plan.features, plan.refresh_every, plan.refresh_until)
     rules = {}
     for name in transfer_layers(engine.unet, latent_size):
         grid = layer_resolution(engine.unet, name, latent_size)
@@ -291,7 +336,7 @@ def _transfer(engine, structure, appearance, cond, uncond, p, state, rules, late
     latents = torch.cat([structure.latents[0], appearance.latents[0], structure.latents[0]])
     batch_cond, batch_uncond = cond.repeat(3), uncond.repeat(3)
     controller = AttentionController(engine.unet)
-    adain_from = p["adain_start"] - 1
+    adain_from = Schedule.scaled(p).adain_from
     mask_out, mask_reference = latent_out.to(engine.device), latent_reference.to(engine.device)
     with controller.installed(rules):
         for step, t in enumerate(timesteps):
