@@ -9,6 +9,10 @@ gives them. Kinds in turn:
   has no such objects); the target's left half should take the left colour and its right half the right one - the
   case where correspondence matters, since a match by colour statistics alone cannot tell the halves apart.
 
+Also read, from the method's matches themselves (every layer and step of the correspondence): `side_agreement`,
+the share of matched target positions whose reference match lies on the same side (left / right of the object's
+centre) as they do - 0.5 is chance, 1 a left-to-left, right-to-right correspondence.
+
 Judged: the target object found where it was (within 12 px) with its shape (`shape_kept`) and a silhouette IoU
 with the original; its colour and fill the reference's (`colour_ok`, `fill_ok`; halves: `halves_ok`, each half's
 most common colour); A_hist (colour-histogram distance to the reference object, 0 same ... 1 disjoint); edge
@@ -21,6 +25,7 @@ in place with IoU >= 0.6, colour (halves: both halves) and fill right, BG-PSNR >
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -63,6 +68,7 @@ class Case:
     reference_mask: np.ndarray  # bool
     colours: tuple[str, str]  # the reference's colour (left half, right half; the same for `whole`)
     request: EditRequest
+    side_agreement: float = math.nan  # of the last run (run_case sets it, judge reads it)
 
 
 def cases(count: int, seed: int = SUITE_SEED, kinds: tuple[str, ...] = KINDS) -> list[Case]:
@@ -121,6 +127,7 @@ def judge(case: Case, result: np.ndarray) -> dict[str, Any]:
     bg_psnr = background_psnr(result, case.image, ndimage.binary_dilation(case.target_mask, iterations=3))
     row = {
         "kind": case.kind,
+        "side_agreement": round(case.side_agreement, 3),
         "found": best is not None,
         "shape_kept": best is not None and best.shape == obj.shape,
         "iou": round(iou, 3),
@@ -152,7 +159,45 @@ def run_case(engine, case: Case, method_id: str, params: dict[str, Any]) -> np.n
     method = get_method(method_id)
     wanted = {spec.name for spec in method.info.params}
     request = dataclasses.replace(case.request, params={k: v for k, v in params.items() if k in wanted})
-    return method.run(engine, validate_request(request, method.info), engine.report).image
+    with recorded_matches() as matches:
+        image = method.run(engine, validate_request(request, method.info), engine.report).image
+    case.side_agreement = side_agreement(case, matches)
+    return image
+
+
+@contextlib.contextmanager
+def recorded_matches():
+    """Collect (grid side, out positions, reference matches) of every correspondence the method computes meanwhile."""
+    from backend.methods import eye_for_an_eye
+
+    found: list[tuple[int, np.ndarray, np.ndarray]] = []
+    original = eye_for_an_eye.CorrespondenceRule.edit_input
+
+    def recording(rule, call, hidden_states):
+        edited = original(rule, call, hidden_states)
+        side = int(round(math.sqrt(hidden_states.shape[1])))
+        for _, positions, indices in rule._matches:
+            found.append((side, positions.cpu().numpy(), indices.cpu().numpy()))
+        return edited
+
+    eye_for_an_eye.CorrespondenceRule.edit_input = recording
+    try:
+        yield found
+    finally:
+        eye_for_an_eye.CorrespondenceRule.edit_input = original
+
+
+def side_agreement(case: Case, matches) -> float:
+    """Share of matched target positions whose match is on the same side of the reference object's centre."""
+    same = total = 0
+    for width, positions, indices in matches:
+        target_x = np.nonzero(case.target_mask)[1].mean() * width / SIDE
+        reference_x = np.nonzero(case.reference_mask)[1].mean() * width / SIDE
+        left_out = (positions % width + 0.5) < target_x
+        left_reference = (indices % width + 0.5) < reference_x
+        same += int((left_out == left_reference).sum())
+        total += len(positions)
+    return same / total if total else math.nan
 
 
 def main(argv: list[str] | None = None) -> int:
