@@ -115,8 +115,8 @@ def test_segment_writes_the_clicked_objects_mask(tmp_path, scene, capsys):
 
 
 def test_the_toy_world_suites_run_from_the_cli_and_write_their_tables(tmp_path, capsys):
-    """`eval-dragon`, `eval-mde`, `eval-pix2pix` and `eval-cora` (their own flags, sweeps) on a few cases: the JSON
-    holds the judged rows and the summary; a wrong variant is refused by name."""
+    """`eval-dragon`, `eval-mde`, `eval-pix2pix`, `eval-cora` and `eval-transfer` (their own flags, sweeps) on a few
+    cases: the JSON holds the judged rows and the summary; a wrong variant is refused by name."""
     dragon, mde = tmp_path / "dragon.json", tmp_path / "mde.json"
     assert main(["eval-dragon", "--tasks", "move", "--count", "1", "--steps", "2", "--json", str(dragon)]) == 0
     moved = json.loads(dragon.read_text())["tasks"]["move"]
@@ -145,6 +145,13 @@ def test_the_toy_world_suites_run_from_the_cli_and_write_their_tables(tmp_path, 
     assert [r["kind"] for r in rows] == ["colour", "move"] and all(-1 < r["toward_prompt"] < 2 for r in rows)
     with pytest.raises(SystemExit):
         main(["eval-cora", "--kinds", "colour,nope"])
+    transfer = tmp_path / "transfer.json"
+    arguments = ["eval-transfer", "--count", "2", "--steps", "10", "--variants", "eye-for-an-eye,kv-swap"]
+    assert main([*arguments, "--json", str(transfer)]) == 0
+    runs = json.loads(transfer.read_text())["runs"]
+    assert [r["kind"] for r in runs["eye-for-an-eye"]["rows"]] == ["whole", "halves"]
+    assert 0 <= runs["eye-for-an-eye"]["rows"][0]["side_agreement"] <= 1
+    assert {"a_hist", "edges", "iou", "halves_ok"} <= runs["kv-swap"]["rows"][1].keys()
     with pytest.raises(SystemExit):
         main(["eval-mde", "--variants", "mde-edit,nope"])
     assert "unknown variant(s) nope" in capsys.readouterr().err
