@@ -237,7 +237,7 @@ def _inverted(engine: Engine, image: np.ndarray, latents, prompt, cond, uncond, 
     inputs=("image", "reference"),
     optional_inputs=("mask:edit", "source_prompt"),
     params=(
-        ParamSpec("steps", "int", 100, "DDPM steps of inversion and sampling", 10, 1000),
+        ParamSpec("steps", "int", 100, "DDPM steps of inversion and sampling", 2, 1000),
         ParamSpec("domain", "str", "object", "What the pictures show: the prompt is 'a photo of a <domain>'"),
         ParamSpec(
             "mode", "choice", "features", "features (paper), values (ablation), kv-swap (baseline)", choices=MODES
