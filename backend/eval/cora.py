@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ import numpy as np
 from scipy import ndimage
 
 from backend.colour import rgb_to_lab
-from backend.eval.suite import draw_cases, run_suite, suite_engine, suite_params, sweep_runs
+from backend.eval.suite import draw_cases, report_runs, run_suite, suite_engine, suite_params, sweep_runs
 from backend.eval.toyworld import background_psnr, detect_objects, mask_iou, summarise
 from backend.models.toyworld.world import COLOURS, SHAPES, Scene, SceneObject, caption, render, scene_for_seed
 from backend.protocol import EditRequest
@@ -276,8 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         args.images,
         "cora",
     )
-    report: dict[str, Any] = {"params": params, "runs": {}}
-    for label, result in results.items():
+
+    def summary_of(result: dict[str, Any]) -> dict[str, Any]:
         rows = result["rows"]
         summary = summarise(rows)
         for kind in kinds:
@@ -288,9 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                 if values:
                     summary[f"{kind}_{measure}"] = round(float(np.mean(values)), 3)
         summary["appearance_kept"] = sum(r["appearance_kept"] for r in rows)
-        summary["seconds_per_edit"] = round(result["seconds"] / max(len(rows), 1), 3)
-        report["runs"][label] = {"rows": rows, "summary": summary}
-        print(label, "SUMMARY", json.dumps(summary), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+        return summary
+
+    report_runs(results, params, summary_of, args.json)
     return 0

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from backend.eval.suite import draw_cases, run_suite, suite_engine, suite_params, sweep_runs
+from backend.eval.suite import draw_cases, report_runs, run_suite, suite_engine, suite_params, sweep_runs
 from backend.eval.toyworld import background_psnr, detect_objects, mask_iou, summarise
 from backend.models.toyworld.world import COLOURS, SHAPES, Scene, render, scene_for_seed
 from backend.protocol import EditRequest
@@ -245,15 +244,12 @@ def main(argv: list[str] | None = None) -> int:
         args.images,
         "pix2pix",
     )
-    report: dict[str, Any] = {"params": params, "runs": {}}
-    for label, result in results.items():
-        rows = result["rows"]
-        summary = summary_of(rows)
-        summary["seconds_per_edit"] = round(result["seconds"] / max(len(rows), 1), 2)
+
+    def summary_with_metrics(result: dict[str, Any]) -> dict[str, Any]:
+        summary = summary_of(result["rows"])
         if args.clip or args.dino:
             summary.update(paper_metrics(result["results"], args.clip, args.dino))
-        report["runs"][label] = {"rows": rows, "summary": summary}
-        print(label, "SUMMARY", json.dumps(summary), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+        return summary
+
+    report_runs(results, params, summary_with_metrics, args.json)
     return 0

@@ -109,3 +109,23 @@ def run_suite(
             images.mkdir(parents=True, exist_ok=True)
             Image.fromarray(np.concatenate(strip, axis=1)).save(images / f"{prefix}-{case.index:03d}.png")
     return report
+
+
+def report_runs(
+    results: dict[str, dict[str, Any]],
+    params: dict[str, Any],
+    summary_of: Callable[[dict[str, Any]], dict[str, Any]],
+    json_path: Path | None = None,
+) -> dict[str, Any]:
+    """Each run's summary - `summary_of(run result)` (its rows, results and seconds), plus seconds per edit -
+    printed as "<label> SUMMARY {...}"; with `json_path` the summaries and every row are written there too."""
+    report: dict[str, Any] = {"params": params, "runs": {}}
+    for label, result in results.items():
+        rows = result["rows"]
+        summary = summary_of(result)
+        summary["seconds_per_edit"] = round(result["seconds"] / max(len(rows), 1), 3)
+        report["runs"][label] = {"rows": rows, "summary": summary}
+        print(label, "SUMMARY", json.dumps(summary), flush=True)
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=2))
+    return report

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from backend.eval.metrics import edge_agreement, histogram_distance
-from backend.eval.suite import draw_cases, run_suite, suite_engine, suite_params, sweep_runs
+from backend.eval.suite import draw_cases, report_runs, run_suite, suite_engine, suite_params, sweep_runs
 from backend.eval.toyworld import background_psnr, colour_labels, detect_objects, mask_iou, summarise
 from backend.models.toyworld.world import COLOURS, FILLS, SHAPES, Scene, SceneObject, render, scene_for_seed
 from backend.protocol import EditRequest
@@ -233,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         args.images,
         "transfer",
     )
-    report: dict[str, Any] = {"params": params, "runs": {}}
-    for label, result in results.items():
+
+    def summary_of(result: dict[str, Any]) -> dict[str, Any]:
         rows = result["rows"]
         summary = summarise(rows)
         for flag in ("shape_kept", "colour_ok", "fill_ok", "halves_ok"):
@@ -242,9 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind in kinds:
             of_kind = [r for r in rows if r["kind"] == kind]
             summary[f"{kind}_success"] = f"{sum(r['success'] for r in of_kind)}/{len(of_kind)}"
-        summary["seconds_per_edit"] = round(result["seconds"] / max(len(rows), 1), 3)
-        report["runs"][label] = {"rows": rows, "summary": summary}
-        print(label, "SUMMARY", json.dumps(summary), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+        return summary
+
+    report_runs(results, params, summary_of, args.json)
     return 0
