@@ -201,6 +201,7 @@ class CorrespondenceRule(AttentionRule):
 
 def _inverted(engine: Engine, image: np.ndarray, latents, prompt, cond, uncond, timesteps, p, seed) -> DDPMTrajectory:
     """One image's DDPM inversion from the skip on, through the engine's inversion cache."""
+    start = Schedule.scaled(p).skip
     key = inversion_key(
         image,
         engine.bundle.model_id,
@@ -208,7 +209,7 @@ def _inverted(engine: Engine, image: np.ndarray, latents, prompt, cond, uncond, 
         len(timesteps),
         "ddpm",
         guidance=float(p["inversion_guidance"]),
-        start=int(p["skip_steps"]),
+        start=start,
         seed=int(seed),
     )
     cached = engine.inversion_cache.get(key)
@@ -219,9 +220,7 @@ def _inverted(engine: Engine, image: np.ndarray, latents, prompt, cond, uncond, 
             [x.to(engine.device) for x in cached.latents],
             [z.to(engine.device) for z in cached.noises],
         )
-    (trajectory,) = ddpm_invert(
-        engine, latents, cond, uncond, timesteps, p["inversion_guidance"], seed, start=Schedule.scaled(p).skip
-    )
+    (trajectory,) = ddpm_invert(engine, latents, cond, uncond, timesteps, p["inversion_guidance"], seed, start=start)
     stored = DDPMTrajectory(
         trajectory.timesteps, [x.cpu() for x in trajectory.latents], [z.cpu() for z in trajectory.noises]
     )
