@@ -7,15 +7,25 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, ViTConfig, ViTImageProcessor, ViTModel
 
 from backend.errors import InputError
 from backend.eval.metrics import (
+    Lpips,
+    LpipsScorer,
     _last_key_projection,
+    background_psnr,
+    background_ssim,
     clip_accuracy,
+    clip_score,
+    dift_extractor,
+    drag_mean_distance,
     edit_metrics,
     load_clip,
     load_dino,
+    load_lpips,
+    mask_box,
 )
 from backend.models.tiny import clip_tokenizer
 
@@ -291,3 +301,159 @@ def test_clip_image_similarity_is_the_cosine_of_the_image_embeddings(clip):
     assert crossed[0] == pytest.approx(crossed[2], abs=1e-6) and crossed[0] < 0.9999
     with pytest.raises(InputError):
         clip_image_similarity(clip, images, images[:2])
+
+
+# --- preservation outside the edit, CLIP score, drag MD (issue 11) -------------------------------------------
+
+
+def _picture(seed: int = 0, side: int = 64) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    image = np.full((side, side, 3), 200, np.uint8)
+    image[8:30, 10:40] = rng.integers(0, 255, 3)
+    image[40:60, 30:50] = rng.integers(0, 255, 3)
+    return image
+
+
+def _edited_inside(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mask = np.zeros(image.shape[:2], bool)
+    mask[6:32, 8:42] = True
+    edited = image.copy()
+    edited[mask] = (10, 250, 10)
+    return edited, mask
+
+
+def test_background_psnr_and_ssim_ignore_what_changed_inside_the_mask():
+    image = _picture()
+    edited, mask = _edited_inside(image)
+    assert background_ssim(image, image) == pytest.approx(1.0)
+    assert background_ssim(image, edited) < 0.95  # the whole picture sees the edit
+    assert background_psnr(image, edited) < 30
+    # Outside the mask the pictures are the same; SSIM's window reaches a few pixels over the mask's edge, so use the
+    # mask grown by that much, as the suites do.
+    grown = ndimage.binary_dilation(mask, iterations=6)
+    assert background_ssim(image, edited, grown) == pytest.approx(1.0, abs=1e-3)
+    assert background_psnr(image, edited, mask) == float("inf")
+    noisy = np.clip(edited.astype(int) + np.random.default_rng(1).integers(-40, 40, edited.shape), 0, 255)
+    assert background_ssim(image, noisy.astype(np.uint8), grown) < 0.9
+
+
+TINY_VGG = (8, 8, "M", 8, 8, "M", 8, 8, 8, "M", 8, 8, 8, "M", 8, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def lpips():
+    torch.manual_seed(0)
+    net = Lpips(TINY_VGG)
+    for name, parameter in net.named_parameters():
+        if name.startswith("lin"):  # the learned heads are non-negative weights
+            parameter.data = parameter.data.abs()
+    return LpipsScorer(net)
+
+
+def test_lpips_is_zero_for_the_same_picture_and_grows_with_the_change(lpips):
+    image = _picture()
+    assert lpips.distance(image, image) == pytest.approx(0.0, abs=1e-7)
+    rng = np.random.default_rng(2)
+    small = np.clip(image.astype(int) + rng.integers(-10, 10, image.shape), 0, 255).astype(np.uint8)
+    large = np.clip(image.astype(int) + rng.integers(-80, 80, image.shape), 0, 255).astype(np.uint8)
+    assert 0 < lpips.distance(image, small) < lpips.distance(image, large)
+    assert lpips.distance(image, large) == pytest.approx(lpips.distance(large, image), rel=1e-5)
+
+
+def test_background_lpips_averages_outside_the_mask_only(lpips):
+    image = _picture()
+    edited, mask = _edited_inside(image)
+    whole = lpips.distance(image, edited)
+    # Features spread a few pixels per layer: a mask grown by the network's reach hides the change entirely.
+    assert lpips.distance(image, edited, ndimage.binary_dilation(mask, iterations=24)) < 0.2 * whole
+    assert np.isnan(lpips.distance(image, edited, np.ones_like(mask)))  # nothing left outside the mask
+
+
+def test_lpips_loads_torchvision_and_lpips_state_dicts_from_one_folder(tmp_path):
+    with pytest.raises(InputError, match="LPIPS weights not found"):
+        load_lpips(str(tmp_path))
+    net = Lpips()
+    state = net.state_dict()
+    torch.save({k: v for k, v in state.items() if k.startswith("features.")}, tmp_path / "vgg16-397923af.pth")
+    with pytest.raises(InputError, match="LPIPS linear layers"):
+        load_lpips(str(tmp_path))
+    heads = {k: torch.rand_like(v) for k, v in state.items() if k.startswith("lin")}
+    torch.save(heads, tmp_path / "vgg.pth")
+    scorer = load_lpips(str(tmp_path))
+    assert torch.equal(scorer.net.lin2.model[1].weight, heads["lin2.model.1.weight"])
+    assert torch.equal(scorer.net.features[28].weight, state["features.28.weight"])
+    image = _picture()
+    assert scorer.distance(image, _edited_inside(image)[0]) > 0
+
+
+class _ColourClip:
+    """A stand-in CLIP whose image embedding is the picture's mean colour (centred) and whose prompts are colours:
+    the score of a crop differs from the whole picture's exactly as the crop's colours do."""
+
+    WORDS = {"red": (1.0, -0.5, -0.5), "green": (-0.5, 1.0, -0.5), "grey": (0.0, 0.0, 0.0)}
+
+    def image_embeddings(self, images):
+        seen = []
+        for image in images:
+            mean = image.reshape(-1, 3).mean(0) / 255
+            seen.append(torch.tensor(np.append(mean - mean.mean(), 0.1), dtype=torch.float32))
+        return F.normalize(torch.stack(seen), dim=-1)
+
+    def text_embeddings(self, prompts):
+        return F.normalize(torch.tensor([(*self.WORDS[p], 0.1) for p in prompts], dtype=torch.float32), dim=-1)
+
+
+def test_clip_score_is_100_times_the_clamped_cosine_and_in_the_mask_scores_the_crop_around_it():
+    scorer = _ColourClip()
+    image = np.full((64, 64, 3), 128, np.uint8)
+    image[10:20, 40:60] = (250, 20, 20)  # a red bar in a grey picture
+    mask = np.zeros((64, 64), bool)
+    mask[10:20, 40:60] = True
+    top, bottom, left, right = mask_box(mask)
+    assert bottom - top == right - left == 24  # the 20 px side grown by 10 % each way, made square
+    assert top <= 10 and bottom >= 20 and left <= 40 and right >= 60
+    whole, inside = clip_score(scorer, [image, image], ["red", "red"], masks=[None, mask])
+    assert inside > whole > 0  # the crop is mostly the red bar
+    crop = np.ascontiguousarray(image[top:bottom, left:right])
+    assert inside == pytest.approx(clip_score(scorer, [crop], ["red"])[0], abs=1e-4)
+    assert clip_score(scorer, [image], ["green"], masks=[mask]) == [0.0]  # negative cosine: 0
+    cosine = (scorer.image_embeddings([image]) * scorer.text_embeddings(["red"])).sum().item()
+    assert whole == pytest.approx(100 * cosine, abs=1e-4)
+    with pytest.raises(InputError):
+        clip_score(scorer, [image], ["red", "green"])
+
+
+def test_clip_score_runs_on_a_tiny_clip(clip):
+    image = _picture(3)
+    _, mask = _edited_inside(image)
+    scores = clip_score(clip, [image, image], ["a red square"] * 2, masks=[None, mask])
+    cosines = (clip.image_embeddings([image]) * clip.text_embeddings(["a red square"])).sum(-1)
+    assert scores[0] == pytest.approx(100 * max(cosines.item(), 0.0), abs=1e-4) and all(s >= 0 for s in scores)
+
+
+def _colour_features(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1)
+
+
+def test_drag_mean_distance_finds_where_the_handle_content_went():
+    source = np.full((64, 64, 3), 255, np.uint8)
+    source[18:22, 10:14] = (255, 0, 0)  # a red dot at (12, 20), a blue one at (50, 40)
+    source[38:42, 48:52] = (0, 0, 255)
+    moved = np.full_like(source, 255)
+    moved[18:22, 30:34] = (255, 0, 0)  # red dragged 20 px right, blue dragged 10 px up
+    moved[28:32, 48:52] = (0, 0, 255)
+    handles, targets = [(12, 20), (50, 40)], [(32, 20), (50, 30)]
+    assert drag_mean_distance(_colour_features, source, moved, handles, targets) < 3  # found within the dot
+    # Nothing moved: each handle is found where it was, its target's distance away (20 and 10 px).
+    assert drag_mean_distance(_colour_features, source, source, handles, targets) == pytest.approx(15, abs=3)
+    with pytest.raises(InputError):
+        drag_mean_distance(_colour_features, source, moved, handles, targets[:1])
+
+
+def test_dift_extractor_gives_one_feature_map_per_picture(engine):
+    features = dift_extractor(engine, ensemble=2)
+    image = _picture(side=64)
+    first, again = features(image), features(image)
+    assert first.ndim == 3 and first.shape[0] == engine.unet.config.block_out_channels[-2]  # decoder block 1
+    assert torch.equal(first, again)  # the same noise draws for every picture
+    assert not torch.equal(first, features(_edited_inside(image)[0]))

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from backend.eval.toyworld import background_psnr, detect_objects, judge_scene, mask_iou, match
+from backend.eval.metrics import background_psnr
+from backend.eval.toyworld import detect_objects, judge_scene, mask_iou, match
 from backend.models.toyworld.world import (
     BACKGROUND_COLOURS,
     COLOURS,

@@ -39,8 +39,9 @@ import numpy as np
 from scipy import ndimage
 
 from backend.colour import rgb_to_lab
+from backend.eval.metrics import background_psnr
 from backend.eval.suite import draw_cases, report_runs, run_suite, suite_engine, suite_params, sweep_runs
-from backend.eval.toyworld import background_psnr, detect_objects, mask_iou, summarise
+from backend.eval.toyworld import detect_objects, mask_iou, summarise
 from backend.models.toyworld.world import COLOURS, SHAPES, Scene, SceneObject, caption, render, scene_for_seed
 from backend.protocol import EditRequest
 

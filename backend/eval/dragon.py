@@ -38,8 +38,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from backend.eval.metrics import background_psnr
 from backend.eval.suite import suite_engine, suite_params
-from backend.eval.toyworld import DetectedObject, background_psnr, detect_objects, mask_iou, summarise
+from backend.eval.toyworld import DetectedObject, detect_objects, mask_iou, summarise
 from backend.models.toyworld.world import SIZES, Scene, SceneObject, caption, render, scene_for_seed
 from backend.protocol import EditRequest, PointPair
 

@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from backend.eval.metrics import background_psnr, ssim_map
 from backend.eval.suite import draw_cases, suite_engine, suite_params
-from backend.eval.toyworld import background_psnr, detect_objects, summarise
+from backend.eval.toyworld import detect_objects, summarise
 from backend.models.toyworld.world import COLOURS, SHAPES, Scene, caption, render, scene_for_seed
 from backend.protocol import EditRequest, ObjectPrompt
 
@@ -126,21 +127,6 @@ def _make_case(index: int, rng: np.random.Generator, seed: int) -> Case | None:
 
 
 # --- judging ---------------------------------------------------------------------------------------------------
-
-
-def ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-pixel SSIM (Wang et al. 2004: Gaussian window sigma 1.5, K1 0.01, K2 0.03) of two uint8 RGB images,
-    on their luma."""
-    weights = np.array([0.299, 0.587, 0.114])
-    x, y = a.astype(np.float64) @ weights, b.astype(np.float64) @ weights
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-
-    def blur(image: np.ndarray) -> np.ndarray:
-        return ndimage.gaussian_filter(image, 1.5, truncate=3.5)
-
-    mx, my = blur(x), blur(y)
-    vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
-    return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
 
 
 def judge(case: Case, result: np.ndarray) -> dict[str, Any]:

@@ -29,7 +29,9 @@ arrays; each model's own image processor resizes and normalises them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -303,3 +305,232 @@ def clip_image_similarity(
     if len(images) != len(references):
         raise InputError(f"{len(images)} images but {len(references)} references")
     return (scorer.image_embeddings(images) * scorer.image_embeddings(references)).sum(-1).tolist()
+
+
+# --- preservation outside the edit: PSNR, SSIM, LPIPS ---------------------------------------------------------
+
+
+def background_psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """PSNR (dB) between two uint8 images over the pixels where `mask` is False (mask = objects / the edited
+    region, excluded); inf for identical backgrounds."""
+    keep = np.ones(a.shape[:2], bool) if mask is None else ~mask.astype(bool)
+    if not keep.any():
+        return math.inf
+    diff = a[keep].astype(np.float64) - b[keep].astype(np.float64)
+    mse = float((diff**2).mean())
+    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+
+
+def ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-pixel SSIM (Wang et al. 2004: Gaussian window sigma 1.5, K1 0.01, K2 0.03) of two uint8 RGB images,
+    on their luma."""
+    from scipy import ndimage
+
+    weights = np.array([0.299, 0.587, 0.114])
+    x, y = a.astype(np.float64) @ weights, b.astype(np.float64) @ weights
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+
+    def blur(image: np.ndarray) -> np.ndarray:
+        return ndimage.gaussian_filter(image, 1.5, truncate=3.5)
+
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+
+
+def background_ssim(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Mean SSIM over the pixels where `mask` is False (the edited region excluded); 1 for identical images."""
+    keep = np.ones(a.shape[:2], bool) if mask is None else ~np.asarray(mask).astype(bool)
+    return float(ssim_map(_check_image(a), _check_image(b))[keep].mean()) if keep.any() else math.nan
+
+
+LPIPS_TAPS = (3, 8, 15, 22, 29)  # VGG16 `features` indices of relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
+VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
+
+
+class Lpips(torch.nn.Module):
+    """LPIPS (Zhang et al. 2018, the `vgg` variant, v0.1): unit-normalised VGG16 activations at five ReLUs, squared
+    differences weighted per channel by learned 1x1 layers, averaged over space and summed over layers.
+
+    The layer names match torchvision's `vgg16().features` and the lpips package's `lin0.model.1.weight` ...
+    `lin4.model.1.weight`, so both state dicts load as they are. `widths` shrinks the network for tests."""
+
+    def __init__(self, widths: Sequence[int | str] = VGG16_LAYOUT) -> None:
+        super().__init__()
+        layers: list[torch.nn.Module] = []
+        channels = 3
+        for item in widths:
+            if item == "M":
+                layers.append(torch.nn.MaxPool2d(2, 2))
+            else:
+                layers += [torch.nn.Conv2d(channels, int(item), 3, padding=1), torch.nn.ReLU(inplace=False)]
+                channels = int(item)
+        self.features = torch.nn.Sequential(*layers)
+        tapped = [self._channels_before(index) for index in LPIPS_TAPS]
+        for number, width in enumerate(tapped):
+            head = torch.nn.Sequential(torch.nn.Dropout(), torch.nn.Conv2d(width, 1, 1, bias=False))
+            self.add_module(f"lin{number}", torch.nn.Sequential())
+            getattr(self, f"lin{number}").add_module("model", head)
+        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
+        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
+
+    def _channels_before(self, index: int) -> int:
+        convs = [m for m in list(self.features)[: index + 1] if isinstance(m, torch.nn.Conv2d)]
+        return convs[-1].out_channels
+
+    def _taps(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        found, h = [], (pixels - self.shift) / self.scale
+        for index, layer in enumerate(self.features):
+            h = layer(h)
+            if index in LPIPS_TAPS:
+                found.append(h)
+            if index >= LPIPS_TAPS[-1]:
+                break
+        return found
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Distances (N,) of images in [-1, 1], (N, 3, H, W); with a (N, 1, H, W) mask, the spatial average is over
+        the mask (resized to each layer), as for a background-only LPIPS."""
+        total = torch.zeros(a.shape[0], device=a.device)
+        for number, (fa, fb) in enumerate(zip(self._taps(a), self._taps(b))):
+            diff = (F.normalize(fa, dim=1, eps=1e-10) - F.normalize(fb, dim=1, eps=1e-10)) ** 2
+            weighted = getattr(self, f"lin{number}").model(diff)
+            if mask is None:
+                total += weighted.mean(dim=(1, 2, 3))
+            else:
+                m = F.interpolate(mask.float(), size=weighted.shape[-2:], mode="area")
+                total += (weighted * m).sum(dim=(1, 2, 3)) / m.sum(dim=(1, 2, 3)).clamp_min(1e-6)
+        return total
+
+
+class LpipsScorer:
+    """LPIPS between uint8 images, whole or outside an edit mask (the background)."""
+
+    def __init__(self, net: Lpips, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval().requires_grad_(False)
+
+    def _pixels(self, image: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(_check_image(image)).permute(2, 0, 1)[None].to(self.device).float() / 127.5 - 1
+
+    @torch.inference_mode()
+    def distance(self, a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+        """LPIPS of a and b (same size); with `mask` (True = edited), averaged over the pixels outside it."""
+        if a.shape != b.shape:
+            raise InputError(f"LPIPS of images of different sizes {a.shape} and {b.shape}")
+        keep = None
+        if mask is not None:
+            keep = torch.from_numpy(~np.asarray(mask).astype(bool))[None, None].to(self.device)
+            if not keep.any():
+                return math.nan
+        return float(self.net(self._pixels(a), self._pixels(b), keep)[0])
+
+
+def load_lpips(spec: str, device: str | torch.device = "cpu") -> LpipsScorer:
+    """LPIPS-VGG from a folder holding torchvision's VGG16 weights (e.g. vgg16-397923af.pth) and the lpips package's
+    linear layers (lpips/weights/v0.1/vgg.pth); the files are told apart by their keys."""
+    folder = Path(spec).expanduser()
+    files = sorted(folder.glob("*.pth")) + sorted(folder.glob("*.pt")) if folder.is_dir() else []
+    backbone = heads = None
+    for file in files:
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - a file that is not a state dict is not one of ours
+            continue
+        if not isinstance(state, dict):
+            continue
+        if "features.0.weight" in state:
+            backbone = {k: v for k, v in state.items() if k.startswith("features.")}
+        elif "lin0.model.1.weight" in state:
+            heads = state
+    if backbone is None or heads is None:
+        missing = " and ".join(
+            name for name, got in (("VGG16 backbone", backbone), ("LPIPS linear layers", heads)) if got is None
+        )
+        raise InputError(
+            f"LPIPS weights not found in {spec!r}: no {missing}",
+            hint="Put torchvision's vgg16-397923af.pth and the lpips package's weights/v0.1/vgg.pth in one folder "
+            "and pass that folder; metrics never download anything.",
+        )
+    net = Lpips()
+    net.load_state_dict({**backbone, **heads}, strict=False)
+    missing = [k for k in net.state_dict() if k not in backbone and k not in heads and k not in ("shift", "scale")]
+    if missing:
+        raise InputError(f"LPIPS weights in {spec!r} lack {', '.join(missing[:4])}")
+    return LpipsScorer(net, device)
+
+
+# --- text alignment of one picture: CLIP score, whole or in the edited region ---------------------------------
+
+
+def mask_box(mask: np.ndarray, margin: float = 0.1) -> tuple[int, int, int, int] | None:
+    """(top, bottom, left, right) of the mask's bounding box grown by `margin` of its size, made square where the
+    picture allows (CLIP crops to a square); None for an empty mask."""
+    ys, xs = np.nonzero(np.asarray(mask))
+    if len(ys) == 0:
+        return None
+    height, width = np.asarray(mask).shape[:2]
+    side = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) * (1 + 2 * margin)
+    side = int(min(math.ceil(side), height, width))
+    cy, cx = (ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2
+    top = int(np.clip(round(cy - side / 2), 0, height - side))
+    left = int(np.clip(round(cx - side / 2), 0, width - side))
+    return top, top + side, left, left + side
+
+
+def clip_score(scorer: ClipScorer, images: Sequence[np.ndarray], prompts: Sequence[str], masks=None) -> list[float]:
+    """CLIP score: 100 x max(cos(image, prompt), 0) per image (Hessel et al. 2021, without their w = 2.5); with
+    `masks`, of the square crop around each mask (the edited region), as the masked-edit papers report it."""
+    if len(images) != len(prompts) or (masks is not None and len(masks) != len(images)):
+        raise InputError(f"{len(images)} images, {len(prompts)} prompts" + (f", {len(masks)} masks" if masks else ""))
+    crops = []
+    for index, image in enumerate(images):
+        box = mask_box(masks[index]) if masks is not None and masks[index] is not None else None
+        crops.append(image if box is None else np.ascontiguousarray(image[box[0] : box[1], box[2] : box[3]]))
+    cosines = (scorer.image_embeddings(crops) * scorer.text_embeddings(prompts)).sum(-1)
+    return (100 * cosines.clamp_min(0)).tolist()
+
+
+# --- drag edits: mean distance (MD) ---------------------------------------------------------------------------
+
+
+def drag_mean_distance(
+    features: Callable[[np.ndarray], torch.Tensor],
+    source: np.ndarray,
+    edited: np.ndarray,
+    handles: np.ndarray,
+    targets: np.ndarray,
+) -> float:
+    """MD (DragDiffusion, as DragonDiffusion reports it): each handle point's content is found again in the edited
+    picture by DIFT correspondence (`features(image)` -> (C, h, w), nearest neighbour by cosine), and MD is the mean
+    pixel distance from where it was found to where it was dragged to. 0 = every point landed on its target."""
+    from backend.engine.correspondence import match_points
+
+    handles = np.asarray(handles, np.float32).reshape(-1, 2)
+    targets = np.asarray(targets, np.float32).reshape(-1, 2)
+    if len(handles) == 0 or handles.shape != targets.shape:
+        raise InputError(f"{len(handles)} handle and {len(targets)} target points", hint="Give one target per handle.")
+    found = match_points(features(source), features(edited), handles, source.shape[:2], edited.shape[:2])
+    return float(np.linalg.norm(found.cpu().numpy() - targets, axis=1).mean())
+
+
+def dift_extractor(engine, prompt: str = "", t: int = 261, ensemble: int = 4) -> Callable[[np.ndarray], torch.Tensor]:
+    """`features(image)` for `drag_mean_distance` from the engine's own UNet (sd1 / sd2): DIFT (decoder block 1,
+    t 261, features averaged over `ensemble` noise draws, the same draws for every picture)."""
+    from backend.engine.features import dift_features
+    from backend.engine.sampling import make_scheduler
+
+    if engine.bundle.family == "sdxl":
+        raise InputError("MD's DIFT features are taken from SD 1.x / 2.x models", hint="Measure with an SD 1.5 model.")
+    context = engine.encode_prompts([prompt]).hidden
+    scheduler = make_scheduler(engine, 50)
+
+    def features(image: np.ndarray) -> torch.Tensor:
+        latents = engine.encode_image(image)
+        noise = engine.randn((ensemble, *latents.shape[1:]), seed=0).to(latents)
+        found = dift_features(
+            engine.unet, latents, t, context, blocks=(1,), scheduler=scheduler, ensemble=ensemble, noise=noise
+        )
+        return found[1][0].float()
+
+    return features

@@ -37,8 +37,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from backend.eval.metrics import background_psnr
 from backend.eval.suite import draw_cases, report_runs, run_suite, suite_engine, suite_params, sweep_runs
-from backend.eval.toyworld import background_psnr, detect_objects, mask_iou, summarise
+from backend.eval.toyworld import detect_objects, mask_iou, summarise
 from backend.models.toyworld.world import COLOURS, SHAPES, Scene, render, scene_for_seed
 from backend.protocol import EditRequest
 

@@ -30,6 +30,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial import ConvexHull, QhullError
 
 from backend.colour import rgb_to_lab
+from backend.eval.metrics import background_psnr
 from backend.models.toyworld.world import (
     BACKGROUND_COLOURS,
     COLOURS,
@@ -339,17 +340,6 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(bool), b.astype(bool)
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
-
-
-def background_psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """PSNR (dB) between two uint8 images over the pixels where `mask` is False (mask = objects / the edited
-    region, excluded); inf for identical backgrounds."""
-    keep = np.ones(a.shape[:2], bool) if mask is None else ~mask.astype(bool)
-    if not keep.any():
-        return math.inf
-    diff = a[keep].astype(np.float64) - b[keep].astype(np.float64)
-    mse = float((diff**2).mean())
-    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
 def match(detected: list[DetectedObject], truth: list[ObjectTruth]) -> list[DetectedObject | None]:

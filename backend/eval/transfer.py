@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from backend.eval.metrics import edge_agreement, histogram_distance
+from backend.eval.metrics import background_psnr, edge_agreement, histogram_distance
 from backend.eval.suite import draw_cases, report_runs, run_suite, suite_engine, suite_params, sweep_runs
-from backend.eval.toyworld import background_psnr, colour_labels, detect_objects, mask_iou, summarise
+from backend.eval.toyworld import colour_labels, detect_objects, mask_iou, summarise
 from backend.models.toyworld.world import COLOURS, FILLS, SHAPES, Scene, SceneObject, render, scene_for_seed
 from backend.protocol import EditRequest
 
