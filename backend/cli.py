@@ -71,6 +71,14 @@ def _parser() -> argparse.ArgumentParser:
         suite = commands.add_parser(name, help=f"{what} (see its --help)", prefix_chars="+", add_help=False)
         suite.add_argument("eval_args", nargs="*")
         suite.set_defaults(handler=_eval_suite, suite=name)
+    report = commands.add_parser(
+        "eval",
+        help="every method on its suite (and your own cases): one report, table + plots (see its --help)",
+        prefix_chars="+",
+        add_help=False,
+    )
+    report.add_argument("eval_args", nargs="*")
+    report.set_defaults(handler=_eval_report)
     samples = commands.add_parser("toyworld-samples", help="write the toy-world sample pictures and their truth")
     samples.add_argument("folder", type=Path, nargs="?", default=None, help="default: resources/samples")
     samples.set_defaults(handler=_toyworld_samples)
@@ -423,6 +431,12 @@ def _eval_suite(args: argparse.Namespace) -> int:
 
     module = importlib.import_module(f"backend.eval.{args.suite.removeprefix('eval-')}")
     return module.main(args.eval_args)
+
+
+def _eval_report(args: argparse.Namespace) -> int:
+    from backend.eval.report import main as report_main
+
+    return report_main(args.eval_args)
 
 
 def _train_toyworld(args: argparse.Namespace) -> int:
