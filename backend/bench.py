@@ -3,6 +3,11 @@
 Ratios, not seconds, are the figures to compare: they hold across machines and loads far better than absolute
 times, and they are what the papers' cost claims are about ("x times the cost of sampling"). The reference makes a
 picture as the methods do: DDIM with CFG, then the VAE decode (at few steps the decode is a large part of both).
+
+Per method: the first run on a picture (inversion cache empty: a cache miss) and the same edit again (a hit), the
+previews it sent (one per step) and what they cost - a preview is the latent -> RGB projection plus the event's PNG
+as the worker sends it, timed apart and multiplied by the previews sent - and the peak memory: on CUDA the most
+allocated during the run, on the CPU the growth of the process's resident memory (sampled every 5 ms).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import argparse
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 
@@ -19,6 +25,8 @@ import torch
 
 from backend.engine.cache import LRUBytesCache
 from backend.engine.context import Engine
+from backend.engine.previews import latent_to_rgb
+from backend.engine.report import SilentReporter
 from backend.engine.sampling import sample
 from backend.methods.registry import Method, all_methods
 from backend.models import load_model
@@ -65,16 +73,86 @@ def bench_request(method: Method, size: int, steps: int) -> EditRequest:
     )
 
 
+def _resident_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None  # not Linux: no CPU memory figure
+
+
+class ResidentPeak:
+    """The most the process's resident memory grew over its value at the start, sampled every `period` s."""
+
+    def __init__(self, period: float = 0.005) -> None:
+        self.period = period
+        self.start = self.peak = _resident_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.period):
+            now = _resident_bytes()
+            if now is not None and self.peak is not None:
+                self.peak = max(self.peak, now)
+
+    def __enter__(self) -> ResidentPeak:
+        if self.start is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        now = _resident_bytes()
+        if now is not None and self.peak is not None:
+            self.peak = max(self.peak, now)
+
+    @property
+    def growth(self) -> int:
+        return 0 if self.start is None or self.peak is None else self.peak - self.start
+
+
 def _timed(engine: Engine, run: Callable[[], object]) -> tuple[float, int]:
+    """(seconds, peak bytes): CUDA's peak allocation, or on the CPU the resident memory's growth during the run."""
     if engine.device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
-    run()
-    if engine.device.type == "cuda":
+        started = time.perf_counter()
+        run()
         torch.cuda.synchronize()
         return time.perf_counter() - started, int(torch.cuda.max_memory_allocated())
-    return time.perf_counter() - started, 0
+    with ResidentPeak() as peak:
+        started = time.perf_counter()
+        run()
+        seconds = time.perf_counter() - started
+    return seconds, peak.growth
+
+
+class CountingReporter(SilentReporter):
+    """Counts the previews a method sends (and builds them, as the app's reporter does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.previews_sent = 0
+
+    def preview(self, step: int, total: int, rgb: np.ndarray) -> None:
+        self.previews_sent += 1
+
+
+def preview_seconds(engine: Engine, size: int, repeat: int = 20) -> float:
+    """Seconds of one step's preview: latent -> RGB projection and the event's PNG encoding, as the worker sends it."""
+    from backend.protocol import Event
+
+    side = size // engine.bundle.vae_scale_factor
+    latent = engine.randn((1, engine.unet.config.in_channels, side, side), seed=0)
+    engine.latent_rgb_factors()  # fitted once per model at load: not a per-step cost
+    started = time.perf_counter()
+    for step in range(repeat):
+        rgb = latent_to_rgb(latent.float().cpu(), engine.latent_rgb_factors())
+        Event(kind="preview", job_id="bench", step=step, total=repeat, image=rgb).to_dict()
+    return (time.perf_counter() - started) / repeat
 
 
 def _params(args: argparse.Namespace) -> dict[str, object]:
@@ -93,7 +171,8 @@ def _params(args: argparse.Namespace) -> dict[str, object]:
 
 def run_bench(args: argparse.Namespace) -> int:
     bundle = load_model(args.model, device=args.device, dtype=args.dtype)
-    engine = Engine(bundle, inversion_cache=LRUBytesCache(APP_CACHE_MB * 2**20))
+    reporter = CountingReporter()
+    engine = Engine(bundle, report=reporter, inversion_cache=LRUBytesCache(APP_CACHE_MB * 2**20))
     size = args.size or bundle.default_size
     wanted = {m for m in args.methods.split(",") if m}
     methods = [m for m in all_methods() if (not wanted or m.info.id in wanted) and bundle.family in m.info.families]
@@ -116,6 +195,7 @@ def run_bench(args: argparse.Namespace) -> int:
     reference()  # warm-up: first calls pay for kernel selection and allocation
     base_seconds, base_memory = best(reference)
     rows = [{"method": "ddim-sampling", "seconds": base_seconds, "ratio": 1.0, "peak_bytes": base_memory}]
+    per_preview = preview_seconds(engine, size)
     for method in methods:
         request = bench_request(method, size, args.steps)
         names = {spec.name for spec in method.info.params}
@@ -126,7 +206,9 @@ def run_bench(args: argparse.Namespace) -> int:
         seconds, memory = best(edit, before=engine.inversion_cache.clear)
         # Again on the same picture: what a user waits for after changing the edit (the app keeps the inversion,
         # and the papers count it apart, e.g. DragonDiffusion's "preparing" vs "inference" time).
+        reporter.previews_sent = 0
         rerun, _ = best(edit)
+        previews = reporter.previews_sent // max(args.repeat, 1)
         rows.append(
             {
                 "method": method.info.id,
@@ -135,9 +217,12 @@ def run_bench(args: argparse.Namespace) -> int:
                 "rerun_seconds": rerun,
                 "rerun_ratio": rerun / base_seconds,
                 "peak_bytes": memory,
+                "previews": previews,
+                "preview_seconds": previews * per_preview,
+                "preview_share": previews * per_preview / seconds,
             }
         )
-    _print_table(rows, bundle, size, args.steps, _params(args))
+    _print_table(rows, bundle, size, args.steps, _params(args), per_preview)
     extras: dict[str, float] = {}
     if any(method.info.id == "cora" for method in methods):
         from backend.engine.cora_ops import sdxl_alignment_seconds
@@ -155,12 +240,15 @@ def run_bench(args: argparse.Namespace) -> int:
             "size": size,
             "steps": args.steps,
             "params": _params(args),
+            "preview_seconds_per_step": per_preview,
         }
         args.json.write_text(json.dumps({"setup": meta, "rows": rows, **extras}, indent=2))
     return 0
 
 
-def _print_table(rows: list[dict], bundle, size: int, steps: int, params: dict[str, object]) -> None:
+def _print_table(
+    rows: list[dict], bundle, size: int, steps: int, params: dict[str, object], per_preview: float
+) -> None:
     print(
         f"model {bundle.model_id} ({bundle.family}) on {bundle.device} {str(bundle.dtype).replace('torch.', '')}, "
         f"{size}x{size}, {steps} steps; ratio = method time / plain DDIM sampling time (CFG, decoded), same run"
@@ -168,9 +256,15 @@ def _print_table(rows: list[dict], bundle, size: int, steps: int, params: dict[s
     if params:
         print("parameters: " + ", ".join(f"{name}={value}" for name, value in params.items()))
     print("re-run = the same edit again on the same picture (inversions cached, as in the app)")
-    print(f"{'method':<20}{'seconds':>10}{'ratio':>9}{'re-run s':>10}{'re-run x':>10}{'peak MiB':>10}")
+    where = "CUDA peak allocated" if bundle.device.type == "cuda" else "CPU resident growth"
+    print(f"preview: {per_preview * 1000:.2f} ms per step (latent -> RGB + PNG event); peak MiB = {where}")
+    print(
+        f"{'method':<20}{'seconds':>10}{'ratio':>9}{'re-run s':>10}{'re-run x':>10}"
+        f"{'previews':>10}{'preview %':>10}{'peak MiB':>10}"
+    )
     for row in rows:
         memory = f"{row['peak_bytes'] / 2**20:.0f}" if row["peak_bytes"] else "-"
         rerun = row.get("rerun_seconds", row["seconds"])
         again = f"{rerun:>10.3f}{rerun / row['seconds'] * row['ratio']:>10.2f}"
-        print(f"{row['method']:<20}{row['seconds']:>10.3f}{row['ratio']:>9.2f}{again}{memory:>10}")
+        shown = f"{row['previews']:>10}{100 * row['preview_share']:>10.1f}" if "previews" in row else f"{'-':>10}" * 2
+        print(f"{row['method']:<20}{row['seconds']:>10.3f}{row['ratio']:>9.2f}{again}{shown}{memory:>10}")

@@ -97,8 +97,18 @@ def test_bench_reports_each_method_as_a_ratio_to_sampling(tmp_path, capsys):
         assert row["seconds"] > 0 and row["ratio"] == pytest.approx(row["seconds"] / rows["ddim-sampling"]["seconds"])
     moved = rows["dragon-move"]
     assert moved["rerun_ratio"] == pytest.approx(moved["rerun_seconds"] / rows["ddim-sampling"]["seconds"])
+    # One preview per denoising step, costed from the measured per-step preview time; memory measured on the CPU too.
+    setup = json.loads(report.read_text())["setup"]
+    assert setup["preview_seconds_per_step"] > 0
+    assert rows["sdedit"]["previews"] >= 1 and rows["reconstruct"]["previews"] >= 2
+    for row in rows.values():
+        if row["method"] != "ddim-sampling":
+            assert row["preview_seconds"] == pytest.approx(row["previews"] * setup["preview_seconds_per_step"])
+            assert 0 < row["preview_share"] < 1
+    assert all(row["peak_bytes"] >= 0 for row in rows.values())
     out = capsys.readouterr().out
     assert "ratio = method time / plain DDIM sampling time" in out and "re-run = the same edit again" in out
+    assert "ms per step (latent -> RGB + PNG event)" in out and "CPU resident growth" in out
 
 
 def test_segment_writes_the_clicked_objects_mask(tmp_path, scene, capsys):
