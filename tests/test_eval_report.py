@@ -160,9 +160,10 @@ def test_user_cases_run_their_methods_and_get_the_metrics_that_apply(case_folder
     assert 0 <= by_case[("eye-for-an-eye", "look")]["a_hist"] <= 1
     assert "a_hist" not in by_case[("cora", "reword")] and "md" not in by_case[("cora", "reword")]
     # The masked transfer keeps everything outside its (grown) mask: the composite puts the input back there.
-    assert by_case[("eye-for-an-eye", "look")]["bg_psnr"] in ("inf", None) or by_case[("eye-for-an-eye", "look")][
-        "bg_psnr"
-    ] > 40
+    assert (
+        by_case[("eye-for-an-eye", "look")]["bg_psnr"] in ("inf", None)
+        or by_case[("eye-for-an-eye", "look")]["bg_psnr"] > 40
+    )
     text = (out / "report.md").read_text()
     assert "| cases:" in text and "| dragon-drag |" in text
     assert main(["--cases", str(case_folder), "--model", "toyworld", "--out", str(out), "--methods", "cora"]) == 0
