@@ -169,23 +169,36 @@ def _params(args: argparse.Namespace) -> dict[str, object]:
     return params
 
 
-def run_bench(args: argparse.Namespace) -> int:
-    bundle = load_model(args.model, device=args.device, dtype=args.dtype)
-    reporter = CountingReporter()
-    engine = Engine(bundle, report=reporter, inversion_cache=LRUBytesCache(APP_CACHE_MB * 2**20))
-    size = args.size or bundle.default_size
-    wanted = {m for m in args.methods.split(",") if m}
-    methods = [m for m in all_methods() if (not wanted or m.info.id in wanted) and bundle.family in m.info.families]
+# The cost aims of the method issues: method -> (steps it is measured at, aim for time / plain sampling time).
+GOALS: dict[str, tuple[int, float]] = {
+    "dragon-move": (50, 3.0),  # issue 6
+    "mde-edit": (50, 3.0),  # issue 7
+    "pix2pix-zero-sirg": (50, 3.0),  # issue 8
+    "cora": (4, 2.0),  # issue 9
+    "eye-for-an-eye": (100, 2.0),  # issue 10
+}
+# Shown beside them, at the same steps: the other tasks of a method and the baselines it is compared with.
+GOAL_COMPANIONS: dict[int, tuple[str, ...]] = {
+    50: ("dragon-resize", "dragon-appearance", "dragon-paste", "dragon-drag", "nti-p2p", "pix2pix-zero"),
+    4: ("turboedit",),
+}
+
+
+def measure(
+    engine: Engine, methods: list[Method], size: int, steps: int, repeat: int, params: dict[str, object]
+) -> tuple[list[dict], float]:
+    """Rows of one bench at `steps`: plain sampling first (ratio 1), then each method; and the per-step preview cost."""
+    reporter = engine.report
     cond = engine.encode_prompts(["a red circle"])
     uncond = engine.encode_prompts([""])
 
     def reference() -> None:
-        engine.decode_latents(sample(engine, cond, uncond, (size, size), args.steps, 7.5, seed=0))
+        engine.decode_latents(sample(engine, cond, uncond, (size, size), steps, 7.5, seed=0))
 
     def best(run: Callable[[], object], before: Callable[[], object] = lambda: None) -> tuple[float, int]:
-        """The fastest of `args.repeat` runs (the least disturbed by the rest of the machine), the largest peak."""
+        """The fastest of `repeat` runs (the least disturbed by the rest of the machine), the largest peak."""
         times, peak = [], 0
-        for _ in range(max(args.repeat, 1)):
+        for _ in range(max(repeat, 1)):
             before()
             seconds, memory = _timed(engine, run)
             times.append(seconds)
@@ -194,12 +207,13 @@ def run_bench(args: argparse.Namespace) -> int:
 
     reference()  # warm-up: first calls pay for kernel selection and allocation
     base_seconds, base_memory = best(reference)
-    rows = [{"method": "ddim-sampling", "seconds": base_seconds, "ratio": 1.0, "peak_bytes": base_memory}]
+    rows = [{"method": "ddim-sampling", "steps": steps, "seconds": base_seconds, "ratio": 1.0}]
+    rows[0]["peak_bytes"] = base_memory
     per_preview = preview_seconds(engine, size)
     for method in methods:
-        request = bench_request(method, size, args.steps)
+        request = bench_request(method, size, steps)
         names = {spec.name for spec in method.info.params}
-        request.params.update({name: value for name, value in _params(args).items() if name in names})
+        request.params.update({name: value for name, value in params.items() if name in names})
         request = validate_request(request, method.info)
         edit = lambda m=method, r=request: m.run(engine, r, engine.report)  # noqa: E731
         # The whole method, inversion included (cache emptied before each run)
@@ -208,10 +222,11 @@ def run_bench(args: argparse.Namespace) -> int:
         # and the papers count it apart, e.g. DragonDiffusion's "preparing" vs "inference" time).
         reporter.previews_sent = 0
         rerun, _ = best(edit)
-        previews = reporter.previews_sent // max(args.repeat, 1)
+        previews = reporter.previews_sent // max(repeat, 1)
         rows.append(
             {
                 "method": method.info.id,
+                "steps": steps,
                 "seconds": seconds,
                 "ratio": seconds / base_seconds,
                 "rerun_seconds": rerun,
@@ -222,9 +237,40 @@ def run_bench(args: argparse.Namespace) -> int:
                 "preview_share": previews * per_preview / seconds,
             }
         )
-    _print_table(rows, bundle, size, args.steps, _params(args), per_preview)
+    return rows, per_preview
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    bundle = load_model(args.model, device=args.device, dtype=args.dtype)
+    engine = Engine(bundle, report=CountingReporter(), inversion_cache=LRUBytesCache(APP_CACHE_MB * 2**20))
+    size = args.size or bundle.default_size
+    wanted = {m for m in args.methods.split(",") if m}
+    available = [m for m in all_methods() if bundle.family in m.info.families]
+    if getattr(args, "goals", False):
+        # One bench per step count of the goals, each with its own plain-sampling reference.
+        plan: dict[int, list[Method]] = {}
+        for method in available:
+            for steps in {GOALS[method.info.id][0]} if method.info.id in GOALS else set():
+                plan.setdefault(steps, []).append(method)
+            for steps, companions in GOAL_COMPANIONS.items():
+                if method.info.id in companions:
+                    plan.setdefault(steps, []).append(method)
+        plan = {steps: [m for m in ms if not wanted or m.info.id in wanted] for steps, ms in sorted(plan.items())}
+        plan = {steps: methods for steps, methods in plan.items() if methods}
+    else:
+        plan = {args.steps: [m for m in available if not wanted or m.info.id in wanted]}
+    rows: list[dict] = []
+    per_preview = 0.0
+    for steps, methods in plan.items():
+        found, per_preview = measure(engine, methods, size, steps, args.repeat, _params(args))
+        for row in found:
+            if row["method"] in GOALS and GOALS[row["method"]][0] == steps:
+                aim = GOALS[row["method"]][1]
+                row.update(goal=aim, met=row["ratio"] <= aim, rerun_met=row["rerun_ratio"] <= aim)
+        rows += found
+    _print_table(rows, bundle, size, sorted(plan), _params(args), per_preview)
     extras: dict[str, float] = {}
-    if any(method.info.id == "cora" for method in methods):
+    if any(method.info.id == "cora" for methods in plan.values() for method in methods):
         from backend.engine.cora_ops import sdxl_alignment_seconds
 
         extras["cora_alignment_sdxl_seconds"] = sdxl_alignment_seconds(engine.device, repeat=max(args.repeat, 1))
@@ -238,7 +284,7 @@ def run_bench(args: argparse.Namespace) -> int:
             "device": str(bundle.device),
             "dtype": str(bundle.dtype),
             "size": size,
-            "steps": args.steps,
+            "steps": sorted(plan) if len(plan) > 1 else args.steps,
             "params": _params(args),
             "preview_seconds_per_step": per_preview,
         }
@@ -247,24 +293,32 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def _print_table(
-    rows: list[dict], bundle, size: int, steps: int, params: dict[str, object], per_preview: float
+    rows: list[dict], bundle, size: int, steps: list[int], params: dict[str, object], per_preview: float
 ) -> None:
+    counts = ", ".join(str(n) for n in steps)
     print(
         f"model {bundle.model_id} ({bundle.family}) on {bundle.device} {str(bundle.dtype).replace('torch.', '')}, "
-        f"{size}x{size}, {steps} steps; ratio = method time / plain DDIM sampling time (CFG, decoded), same run"
+        f"{size}x{size}, {counts} steps; ratio = method time / plain DDIM sampling time (CFG, decoded), same run"
     )
     if params:
         print("parameters: " + ", ".join(f"{name}={value}" for name, value in params.items()))
     print("re-run = the same edit again on the same picture (inversions cached, as in the app)")
     where = "CUDA peak allocated" if bundle.device.type == "cuda" else "CPU resident growth"
     print(f"preview: {per_preview * 1000:.2f} ms per step (latent -> RGB + PNG event); peak MiB = {where}")
+    goals = any("goal" in row for row in rows)
     print(
-        f"{'method':<20}{'seconds':>10}{'ratio':>9}{'re-run s':>10}{'re-run x':>10}"
-        f"{'previews':>10}{'preview %':>10}{'peak MiB':>10}"
+        f"{'method':<20}{'steps':>6}{'seconds':>10}{'ratio':>9}{'re-run s':>10}{'re-run x':>10}"
+        f"{'previews':>10}{'preview %':>10}{'peak MiB':>10}" + (f"{'aim':>7}  met (first / re-run)" if goals else "")
     )
     for row in rows:
         memory = f"{row['peak_bytes'] / 2**20:.0f}" if row["peak_bytes"] else "-"
         rerun = row.get("rerun_seconds", row["seconds"])
         again = f"{rerun:>10.3f}{rerun / row['seconds'] * row['ratio']:>10.2f}"
         shown = f"{row['previews']:>10}{100 * row['preview_share']:>10.1f}" if "previews" in row else f"{'-':>10}" * 2
-        print(f"{row['method']:<20}{row['seconds']:>10.3f}{row['ratio']:>9.2f}{again}{shown}{memory:>10}")
+        aim = ""
+        if "goal" in row:
+            aim = f"{row['goal']:>6.1f}x  {'yes' if row['met'] else 'NO'} / {'yes' if row['rerun_met'] else 'NO'}"
+        print(
+            f"{row['method']:<20}{row['steps']:>6}{row['seconds']:>10.3f}{row['ratio']:>9.2f}{again}{shown}{memory:>10}"
+            + (f" {aim}" if aim else "")
+        )

@@ -59,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="auto")
     bench.add_argument("--dtype", default="auto")
     bench.add_argument("--json", type=Path, help="also write the results as JSON here")
+    bench.add_argument(
+        "--goals",
+        action="store_true",
+        help="each method at the steps its issue's cost aim names (and beside it its baselines), aim met or not",
+    )
     bench.set_defaults(handler=_bench)
     # prefix_chars="+": every flag passes through untouched to the trainer's own parser (and its --help).
     train = commands.add_parser(

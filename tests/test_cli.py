@@ -111,6 +111,27 @@ def test_bench_reports_each_method_as_a_ratio_to_sampling(tmp_path, capsys):
     assert "ms per step (latent -> RGB + PNG event)" in out and "CPU resident growth" in out
 
 
+def test_bench_goals_measure_each_method_at_its_issues_steps_against_its_aim(tmp_path, capsys):
+    report = tmp_path / "goals.json"
+    arguments = ["bench", "--goals", "--methods", "cora,turboedit,dragon-move", "--repeat", "1", "--json", str(report)]
+    assert main(arguments) == 0
+    rows = json.loads(report.read_text())["rows"]
+    assert [(row["method"], row["steps"]) for row in rows] == [
+        ("ddim-sampling", 4),
+        ("turboedit", 4),
+        ("cora", 4),
+        ("ddim-sampling", 50),
+        ("dragon-move", 50),
+    ]
+    by_method = {row["method"]: row for row in rows}
+    assert by_method["cora"]["goal"] == 2.0 and by_method["dragon-move"]["goal"] == 3.0
+    assert "goal" not in by_method["turboedit"]  # a baseline beside Cora, no aim of its own
+    for name in ("cora", "dragon-move"):
+        row = by_method[name]
+        assert row["met"] == (row["ratio"] <= row["goal"]) and row["rerun_met"] == (row["rerun_ratio"] <= row["goal"])
+    assert "met (first / re-run)" in capsys.readouterr().out
+
+
 def test_segment_writes_the_clicked_objects_mask(tmp_path, scene, capsys):
     Image.fromarray(scene).save(tmp_path / "scene.png")
     out = tmp_path / "mask.png"
