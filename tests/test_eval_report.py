@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from metric_models import save_tiny_clip, save_tiny_dino, save_tiny_lpips
 from PIL import Image
 
 from backend.errors import InputError
@@ -149,7 +150,13 @@ def case_folder(tmp_path):
 
 def test_user_cases_run_their_methods_and_get_the_metrics_that_apply(case_folder, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["--cases", str(case_folder), "--model", "toyworld", "--out", str(out), "--no-progress"]) == 0
+    weights = [
+        *("--clip", str(save_tiny_clip(tmp_path / "clip"))),
+        *("--dino", str(save_tiny_dino(tmp_path / "dino"))),
+        *("--lpips", str(save_tiny_lpips(tmp_path / "lpips"))),
+    ]
+    arguments = ["--cases", str(case_folder), "--model", "toyworld", "--out", str(out), "--no-progress"]
+    assert main([*arguments, *weights]) == 0
     rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
     ran = {(e["method"], e["case"]) for e in rows}
     assert ran == {("cora", "reword"), ("turboedit", "reword"), ("dragon-drag", "drag"), ("eye-for-an-eye", "look")}
@@ -159,6 +166,11 @@ def test_user_cases_run_their_methods_and_get_the_metrics_that_apply(case_folder
     assert "md" in by_case[("dragon-drag", "drag")] and by_case[("dragon-drag", "drag")]["md"] >= 0
     assert 0 <= by_case[("eye-for-an-eye", "look")]["a_hist"] <= 1
     assert "a_hist" not in by_case[("cora", "reword")] and "md" not in by_case[("cora", "reword")]
+    # With weights given: CLIP score (whole and, without a mask, the same crop), CLIP-Acc (both prompts), DINO, LPIPS.
+    reword = by_case[("cora", "reword")]
+    assert reword["clip_score"] == reword["clip_score_region"] >= 0 and reword["clip_acc"] in (0.0, 1.0)
+    assert reword["dist"] >= 0 and 0 <= reword["dist_v"] <= 2 and reword["bg_lpips"] > 0
+    assert "clip_acc" not in by_case[("dragon-drag", "drag")]  # no prompts: nothing to compare
     # The masked transfer keeps everything outside its (grown) mask: the composite puts the input back there.
     assert (
         by_case[("eye-for-an-eye", "look")]["bg_psnr"] in ("inf", None)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from metric_models import PATCH, SIDE, save_tiny_clip, save_tiny_dino, save_tiny_lpips, tiny_lpips
 from scipy import ndimage
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, ViTConfig, ViTImageProcessor, ViTModel
 
 from backend.errors import InputError
 from backend.eval.metrics import (
@@ -27,47 +27,18 @@ from backend.eval.metrics import (
     load_lpips,
     mask_box,
 )
-from backend.models.tiny import clip_tokenizer
 
-SIDE = 32
-PATCH = 8
 TOKENS = 1 + (SIDE // PATCH) ** 2  # CLS + 16 patches
-
-
-def _tiny(hidden: int = 32) -> dict:
-    return dict(hidden_size=hidden, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
 
 
 @pytest.fixture(scope="module")
 def clip_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("clip")
-    tokenizer = clip_tokenizer()
-    config = CLIPConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            **_tiny(),
-        ),
-        vision_config=dict(image_size=SIDE, patch_size=PATCH, **_tiny()),
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": SIDE}, crop_size={"height": SIDE, "width": SIDE}).save_pretrained(folder)
-    return folder
+    return save_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 @pytest.fixture(scope="module")
 def dino_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("dino")
-    torch.manual_seed(1)
-    ViTModel(ViTConfig(image_size=SIDE, patch_size=PATCH, **_tiny()), add_pooling_layer=False).save_pretrained(folder)
-    ViTImageProcessor(size={"height": SIDE, "width": SIDE}).save_pretrained(folder)
-    return folder
+    return save_tiny_dino(tmp_path_factory.mktemp("dino"))
 
 
 @pytest.fixture(scope="module")
@@ -337,17 +308,9 @@ def test_background_psnr_and_ssim_ignore_what_changed_inside_the_mask():
     assert background_ssim(image, noisy.astype(np.uint8), grown) < 0.9
 
 
-TINY_VGG = (8, 8, "M", 8, 8, "M", 8, 8, 8, "M", 8, 8, 8, "M", 8, 8, 8)
-
-
 @pytest.fixture(scope="module")
 def lpips():
-    torch.manual_seed(0)
-    net = Lpips(TINY_VGG)
-    for name, parameter in net.named_parameters():
-        if name.startswith("lin"):  # the learned heads are non-negative weights
-            parameter.data = parameter.data.abs()
-    return LpipsScorer(net)
+    return LpipsScorer(tiny_lpips())
 
 
 def test_lpips_is_zero_for_the_same_picture_and_grows_with_the_change(lpips):
@@ -384,6 +347,10 @@ def test_lpips_loads_torchvision_and_lpips_state_dicts_from_one_folder(tmp_path)
     assert torch.equal(scorer.net.features[28].weight, state["features.28.weight"])
     image = _picture()
     assert scorer.distance(image, _edited_inside(image)[0]) > 0
+    # A smaller VGG loads by its own layout (the tests' tiny one), and scores as the network it was saved from.
+    tiny = load_lpips(str(save_tiny_lpips(tmp_path / "tiny")))
+    edited = _edited_inside(image)[0]
+    assert tiny.distance(image, edited) == pytest.approx(LpipsScorer(tiny_lpips()).distance(image, edited), rel=1e-6)
 
 
 class _ColourClip:

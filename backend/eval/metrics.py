@@ -403,6 +403,22 @@ class Lpips(torch.nn.Module):
         return total
 
 
+def _vgg_layout(backbone: dict[str, torch.Tensor]) -> list[int | str]:
+    """The `widths` of a VGG `features` state dict: each conv's output channels, "M" where a pool sits between."""
+    last = max(int(key.split(".")[1]) for key in backbone if key.endswith(".weight"))
+    widths: list[int | str] = []
+    index = 0
+    while index <= last:
+        weight = backbone.get(f"features.{index}.weight")
+        if weight is not None:
+            widths.append(int(weight.shape[0]))
+            index += 2  # conv, ReLU
+        else:
+            widths.append("M")
+            index += 1
+    return widths
+
+
 class LpipsScorer:
     """LPIPS between uint8 images, whole or outside an edit mask (the background)."""
 
@@ -411,7 +427,8 @@ class LpipsScorer:
         self.net = net.to(self.device).eval().requires_grad_(False)
 
     def _pixels(self, image: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(_check_image(image)).permute(2, 0, 1)[None].to(self.device).float() / 127.5 - 1
+        pixels = torch.from_numpy(np.array(_check_image(image), copy=True))
+        return pixels.permute(2, 0, 1)[None].to(self.device).float() / 127.5 - 1
 
     @torch.inference_mode()
     def distance(self, a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
@@ -452,7 +469,7 @@ def load_lpips(spec: str, device: str | torch.device = "cpu") -> LpipsScorer:
             hint="Put torchvision's vgg16-397923af.pth and the lpips package's weights/v0.1/vgg.pth in one folder "
             "and pass that folder; metrics never download anything.",
         )
-    net = Lpips()
+    net = Lpips(_vgg_layout(backbone))
     net.load_state_dict({**backbone, **heads}, strict=False)
     missing = [k for k in net.state_dict() if k not in backbone and k not in heads and k not in ("shift", "scale")]
     if missing:
