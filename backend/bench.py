@@ -7,7 +7,8 @@ picture as the methods do: DDIM with CFG, then the VAE decode (at few steps the 
 Per method: the first run on a picture (inversion cache empty: a cache miss) and the same edit again (a hit), the
 previews it sent (one per step) and what they cost - a preview is the latent -> RGB projection plus the event's PNG
 as the worker sends it, timed apart and multiplied by the previews sent - and the peak memory: on CUDA the most
-allocated during the run, on the CPU the growth of the process's resident memory (sampled every 5 ms).
+allocated during the run, on the CPU the peak of the process's allocated memory above its value at the start
+(glibc's in-use heap, sampled every 5 ms; the resident size elsewhere).
 """
 
 from __future__ import annotations
@@ -81,22 +82,66 @@ def _resident_bytes() -> int | None:
         return None  # not Linux: no CPU memory figure
 
 
-class ResidentPeak:
-    """The most the process's resident memory grew over its value at the start, sampled every `period` s."""
+def _heap_reader() -> Callable[[], int | None]:
+    """Bytes the process has allocated and not freed: glibc's mallinfo2 (in-use arena + mmapped blocks, where
+    torch's large CPU tensors live), which falls when memory is freed, unlike the resident size; else the resident
+    size (other C libraries)."""
+    try:
+        import ctypes
+        import ctypes.util
 
-    def __init__(self, period: float = 0.005) -> None:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        names = [
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        ]
+
+        class MallInfo2(ctypes.Structure):
+            _fields_ = [(name, ctypes.c_size_t) for name in names]
+
+        libc.mallinfo2.restype = MallInfo2
+        libc.mallinfo2()
+    except (OSError, AttributeError, TypeError):
+        return _resident_bytes
+
+    def in_use() -> int:
+        info = libc.mallinfo2()
+        return int(info.uordblks + info.hblkhd)
+
+    return in_use
+
+
+HEAP_IN_USE = _heap_reader()
+
+
+class MemoryPeak:
+    """The most the process's allocated CPU memory rose above its value at the start, sampled every `period` s."""
+
+    def __init__(self, period: float = 0.005, read: Callable[[], int | None] = HEAP_IN_USE) -> None:
         self.period = period
-        self.start = self.peak = _resident_bytes()
+        self.read = read
+        self.start = self.peak = read()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
+    def _sample(self) -> None:
+        now = self.read()
+        if now is not None and self.peak is not None:
+            self.peak = max(self.peak, now)
+
     def _watch(self) -> None:
         while not self._stop.wait(self.period):
-            now = _resident_bytes()
-            if now is not None and self.peak is not None:
-                self.peak = max(self.peak, now)
+            self._sample()
 
-    def __enter__(self) -> ResidentPeak:
+    def __enter__(self) -> MemoryPeak:
         if self.start is not None:
             self._thread.start()
         return self
@@ -105,9 +150,7 @@ class ResidentPeak:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
-        now = _resident_bytes()
-        if now is not None and self.peak is not None:
-            self.peak = max(self.peak, now)
+        self._sample()
 
     @property
     def growth(self) -> int:
@@ -115,7 +158,7 @@ class ResidentPeak:
 
 
 def _timed(engine: Engine, run: Callable[[], object]) -> tuple[float, int]:
-    """(seconds, peak bytes): CUDA's peak allocation, or on the CPU the resident memory's growth during the run."""
+    """(seconds, peak bytes): CUDA's peak allocation, or on the CPU the peak of allocated memory above the start."""
     if engine.device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -123,7 +166,7 @@ def _timed(engine: Engine, run: Callable[[], object]) -> tuple[float, int]:
         run()
         torch.cuda.synchronize()
         return time.perf_counter() - started, int(torch.cuda.max_memory_allocated())
-    with ResidentPeak() as peak:
+    with MemoryPeak() as peak:
         started = time.perf_counter()
         run()
         seconds = time.perf_counter() - started
@@ -303,7 +346,7 @@ def _print_table(
     if params:
         print("parameters: " + ", ".join(f"{name}={value}" for name, value in params.items()))
     print("re-run = the same edit again on the same picture (inversions cached, as in the app)")
-    where = "CUDA peak allocated" if bundle.device.type == "cuda" else "CPU resident growth"
+    where = "CUDA peak allocated" if bundle.device.type == "cuda" else "CPU peak allocated above the start"
     print(f"preview: {per_preview * 1000:.2f} ms per step (latent -> RGB + PNG event); peak MiB = {where}")
     goals = any("goal" in row for row in rows)
     print(
