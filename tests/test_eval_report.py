@@ -105,6 +105,16 @@ def test_eval_runs_the_toy_world_suites_and_resumes(tmp_path, capsys):
     assert "unknown suite(s) nope" in capsys.readouterr().err
 
 
+def test_the_dragon_suite_measures_drags_by_md_beside_the_true_distance(tmp_path):
+    out = tmp_path / "report"
+    assert main(["--suites", "dragon", "--count", "1", "--param", "steps=4", "--out", str(out), "--no-progress"]) == 0
+    rows = {e["kind"]: e["row"] for e in map(json.loads, (out / "rows.jsonl").read_text().splitlines())}
+    assert set(rows) == {"move", "resize", "appearance", "paste", "drag"}
+    truth = rows["drag"]["true_distance"]
+    assert rows["drag"]["md"] >= 0 and (truth == "inf" or truth >= 0)  # inf: the object was not found
+    assert "md" not in rows["move"]
+
+
 @pytest.fixture
 def case_folder(tmp_path):
     """A toy-world picture with a red circle: a Cora rewording, a drag and an appearance transfer."""

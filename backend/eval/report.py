@@ -67,7 +67,24 @@ def _dragon() -> Suite:
     def make(count: int) -> list:
         return [case for task in dragon.TASKS for case in dragon.cases(task, count)]
 
-    return Suite(
+    dift: list = []  # the DIFT extractor of the suite's engine, made on the first drag
+
+    def judge(case, image: np.ndarray) -> dict[str, Any]:
+        """The suite's ground-truth judgement; for drags also MD (DIFT on the toy model's own UNet) beside the true
+        distance of the dragged object from its target, so the metric can be checked against the truth."""
+        row = dragon.judge(case, image)
+        if case.task == "drag":
+            from backend.eval.metrics import dift_extractor, drag_mean_distance
+
+            if not dift:
+                dift.append(dift_extractor(suite.engine))
+            handles = [p.handle for p in case.request.points]
+            targets = [p.target for p in case.request.points]
+            row["md"] = round(drag_mean_distance(dift[0], case.image, image, handles, targets), 2)
+            row["true_distance"] = round(row["distance_ratio"] * float(np.hypot(*case.expect["vector"])), 2)
+        return row
+
+    suite = Suite(
         "dragon",
         "DragonDiffusion: move, resize, appearance, paste, drag",
         steps=50,
@@ -76,12 +93,13 @@ def _dragon() -> Suite:
         runs={"dragondiffusion": ("dragon", {})},
         make_cases=lambda total: make(max(total // len(dragon.TASKS), 1)),
         edit=lambda engine, case, _target, params: dragon.run_case(engine, case, params)[0],
-        judge=dragon.judge,
-        measures=("reached", "iou", "offset"),
+        judge=judge,
+        measures=("reached", "iou", "offset", "md", "true_distance"),
         case_id=lambda case: f"{case.task}-{case.index:03d}",
         group=lambda case: case.task,
         cache_bytes=0,  # as eval-dragon: every task inverts its own picture once
     )
+    return suite
 
 
 def _mde() -> Suite:
