@@ -92,6 +92,17 @@ def test_the_report_is_a_markdown_table_csv_files_and_plots(tmp_path):
         assert picture.shape[0] > 100 and picture.std() > 10  # drawn, not blank
 
 
+def test_without_matplotlib_the_tables_are_still_written(tmp_path, monkeypatch, capsys):
+    import backend.eval.report as report
+
+    monkeypatch.setattr(report, "can_plot", lambda: False)
+    entries = run_suites([_fake_suite([])], tmp_path, progress=False)
+    write_report(entries, tmp_path, {"fake": "a fake suite"}, {"model": "none", "wall_seconds": 1.0, "ran": 8})
+    assert (tmp_path / "report.md").exists() and (tmp_path / "summary.csv").exists()
+    assert not (tmp_path / "success.png").exists()
+    assert "the tables are written, the plots are not" in capsys.readouterr().err
+
+
 def test_eval_runs_the_toy_world_suites_and_resumes(tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["--suites", "cora", "--count", "1", "--out", str(out), "--no-progress"]) == 0

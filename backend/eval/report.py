@@ -386,15 +386,24 @@ def write_csv(path: Path, records: list[dict[str, Any]]) -> None:
             writer.writerow({k: json.dumps(v) if isinstance(v, dict) else v for k, v in record.items()})
 
 
+PLOTS_SKIPPED = "matplotlib is not installed: the tables are written, the plots are not (pip install -e '.[eval]')"
+
+
+def can_plot() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def plots(summaries: list[dict[str, Any]], folder: Path) -> list[Path]:
     """success.png, by_kind.png and background.png; matplotlib (the `eval` extra) draws them."""
-    try:
-        import matplotlib
+    if not can_plot():
+        print(PLOTS_SKIPPED, file=sys.stderr)
+        return []
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise SystemExit("plots need matplotlib: pip install -e '.[eval]'") from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     judged = [s for s in summaries if s["rate"] is not None]
     written = []
@@ -516,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
         suites.append(user_suite(args.cases, args.model, clip=args.clip, dino=args.dino, lpips=args.lpips))
     if not suites:
         parser.error("nothing to run: give --suites or --cases")
+    if not can_plot():  # said before the run, not after it
+        print(PLOTS_SKIPPED, file=sys.stderr)
     if args.fresh and (args.out / "rows.jsonl").exists():
         (args.out / "rows.jsonl").unlink()
     labels = {label for label in args.methods.split(",") if label} or None
@@ -532,5 +543,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     report = write_report(entries, args.out, {s.name: s.title for s in suites}, meta)
     print((args.out / "report.md").read_text())
-    print(f"written to {args.out}/ (report.md, summary.csv, rows.csv, success.png, by_kind.png, background.png)")
+    pictures = ", success.png, by_kind.png, background.png" if can_plot() else ""
+    print(f"written to {args.out}/ (report.md, summary.csv, rows.csv{pictures})")
     return 0 if report["summaries"] else 1
