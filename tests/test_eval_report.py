@@ -50,6 +50,7 @@ def test_rows_are_kept_as_they_come_and_a_second_run_only_runs_what_is_missing(t
     assert len(entries) == 8 and len(calls) == 8  # 2 per kind x 2 kinds x 2 methods
     assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == 8
     assert (tmp_path / "images" / "fake" / "good" / "003.png").exists()
+    assert (tmp_path / "images" / "fake" / "input" / "003.png").exists()
     again = run_suites([_fake_suite(calls)], tmp_path, progress=False)
     assert len(calls) == 8 and [e["row"] for e in again] == [e["row"] for e in entries]
     # A run killed while writing its last row: that edit runs again, the others are kept.
@@ -197,8 +198,10 @@ def test_user_cases_run_their_methods_and_get_the_metrics_that_apply(case_folder
         by_case[("eye-for-an-eye", "look")]["bg_psnr"] in ("inf", None)
         or by_case[("eye-for-an-eye", "look")]["bg_psnr"] > 40
     )
+    look = np.asarray(Image.open(next((out / "images").glob("cases*/input/look.png"))))
+    assert look.shape == (128, 256, 3)  # the picture and its reference side by side
     text = (out / "report.md").read_text()
-    assert "| cases:" in text and "| dragon-drag |" in text
+    assert "| cases-" in text and "| dragon-drag |" in text
     assert main(["--cases", str(case_folder), "--model", "toyworld", "--out", str(out), "--methods", "cora"]) == 0
     assert "1 edits in 1 suite(s): 1 already in" in capsys.readouterr().err
 

@@ -242,7 +242,7 @@ def user_suite(folder: Path, model: str | None, clip: str = "", dino: str = "", 
         return method.run(engine, validate_request(request, method.info), engine.report).image
 
     suite = Suite(
-        name=f"cases:{Path(folder).name}",
+        name=f"cases-{Path(folder).name}",
         title=f"your cases in {folder} ({len(cases)}), measured by the papers' metrics",
         steps=0,
         count=len(cases),

@@ -13,7 +13,8 @@ Every edit's judged row is appended to `<out>/rows.jsonl` as it finishes, so a r
 closed laptop) goes on where it was when started again with the same settings; `--fresh` starts over. The report
 is rewritten from all rows at the end: `<out>/report.md`, `<out>/summary.csv`, `<out>/rows.csv`, and the plots
 `<out>/success.png` (success rate per method and suite, 95 % Wilson intervals), `<out>/by_kind.png` and
-`<out>/background.png`. Result pictures go to `<out>/images/<suite>/<method>/<case>.png`.
+`<out>/background.png`. Result pictures go to `<out>/images/<suite>/<method>/<case>.png`, each case's input (and
+reference) to `<out>/images/<suite>/input/<case>.png`.
 
     python -m backend eval                          # every toy-world suite, the report's case counts
     python -m backend eval --suites cora,transfer --count 2 --out /tmp/quick
@@ -269,9 +270,29 @@ def run_suites(
             sink.flush()
             done[key] = entry
             _save_image(out / "images" / suite.name / label / f"{suite.case_id(case)}.png", image)
+            inputs = out / "images" / suite.name / "input" / f"{suite.case_id(case)}.png"
+            if not inputs.exists():
+                _save_image(inputs, _input_strip(case, image.shape))
             bar.update(1)
     bar.close()
     return [done[item[-1]] for item in plan]
+
+
+def _input_strip(case: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """What the case starts from: its picture, and the reference picture beside it when it has one."""
+    request = getattr(case, "request", None)
+    picture = getattr(case, "image", None)
+    if picture is None and request is not None:
+        picture = request.image
+    reference = getattr(case, "reference_image", None)
+    if reference is None and request is not None:
+        reference = request.reference_image
+    parts = [p for p in (picture, reference) if p is not None]
+    if not parts:
+        return np.zeros(shape, np.uint8)
+    height = max(p.shape[0] for p in parts)
+    padded = [np.pad(p, ((0, height - p.shape[0]), (0, 0), (0, 0)), constant_values=255) for p in parts]
+    return np.concatenate(padded, axis=1)
 
 
 def _save_image(path: Path, image: np.ndarray) -> None:
