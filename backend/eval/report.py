@@ -365,15 +365,27 @@ def _cell(value: Any, digits: int = 2) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def markdown(summaries: list[dict[str, Any]], titles: dict[str, str], meta: dict[str, Any]) -> str:
+def markdown(
+    summaries: list[dict[str, Any]], titles: dict[str, str], meta: dict[str, Any], pictures: list[str] = ()
+) -> str:
     lines = [
         "# Atelier evaluation report",
         "",
         f"Model `{meta['model']}`; {meta['edits']} edits; written {meta['written']}; wall time of this run "
         f"{meta['wall_seconds']:.0f} s ({meta['ran']} edits run, the rest read back from rows.jsonl).",
-        "Success is each suite's own ground-truth judgement (see its module docstring in backend/eval/); BG-PSNR is "
-        "measured outside the edited objects (dB, an untouched background counts as infinite and is left out of the "
-        "mean); the interval is the 95 % Wilson interval of the success rate.",
+    ]
+    if any(s["rate"] is not None for s in summaries):
+        lines.append(
+            "Success is each suite's own ground-truth judgement (see its module docstring in backend/eval/); the "
+            "interval is the 95 % Wilson interval of the success rate. BG-PSNR is measured outside the edited objects "
+            "(dB; an untouched background counts as infinite and is left out of the mean)."
+        )
+    if any(s["rate"] is None for s in summaries):
+        lines.append(
+            "Your own cases have no ground truth (success '-'): they are measured against the input outside the "
+            "case's masks (the whole picture when it has none) and by the metrics whose weights were given."
+        )
+    lines += [
         "",
         "| suite | method | success | rate (95 % CI) | by kind | BG-PSNR dB | its own measures (means) | s / edit |",
         "|---|---|---|---|---|---|---|---|",
@@ -392,7 +404,7 @@ def markdown(summaries: list[dict[str, Any]], titles: dict[str, str], meta: dict
     measured = sorted({k for s in summaries for k in s if k.startswith("mean_") and k != "mean_bg_psnr"})
     if measured:
         lines += ["", "Every suite's own measures (means over its cases) are in summary.csv; each edit in rows.csv."]
-    lines += ["", "Plots: success.png, by_kind.png, background.png.", ""]
+    lines += ["", f"Plots: {', '.join(pictures)}." if pictures else "No plots (see above).", ""]
     return "\n".join(lines)
 
 
@@ -495,7 +507,8 @@ def plots(summaries: list[dict[str, Any]], folder: Path) -> list[Path]:
 def write_report(entries: list[dict[str, Any]], out: Path, titles: dict[str, str], meta: dict[str, Any]) -> dict:
     summaries = summarise(entries)
     meta = {**meta, "edits": len(entries), "written": time.strftime("%Y-%m-%d %H:%M")}
-    (out / "report.md").write_text(markdown(summaries, titles, meta))
+    pictures = [path.name for path in plots(summaries, out)]
+    (out / "report.md").write_text(markdown(summaries, titles, meta, pictures))
     write_csv(out / "summary.csv", summaries)
     flat = [
         {"suite": e["suite"], "method": e["method"], "case": e["case"], "kind": e["kind"], "seconds": e["seconds"]}
@@ -504,7 +517,6 @@ def write_report(entries: list[dict[str, Any]], out: Path, titles: dict[str, str
     ]
     write_csv(out / "rows.csv", flat)
     (out / "summary.json").write_text(json.dumps({"meta": meta, "summaries": summaries}, indent=2))
-    plots(summaries, out)
     return {"summaries": summaries, "meta": meta}
 
 
@@ -564,6 +576,5 @@ def main(argv: list[str] | None = None) -> int:
     }
     report = write_report(entries, args.out, {s.name: s.title for s in suites}, meta)
     print((args.out / "report.md").read_text())
-    pictures = ", success.png, by_kind.png, background.png" if can_plot() else ""
-    print(f"written to {args.out}/ (report.md, summary.csv, rows.csv{pictures})")
+    print(f"written to {args.out}/ (report.md, summary.csv, rows.csv and the plots it names)")
     return 0 if report["summaries"] else 1
