@@ -112,6 +112,12 @@ def test_eval_runs_the_toy_world_suites_and_resumes(tmp_path, capsys):
     assert "6 to run" in capsys.readouterr().err  # shape, move, add x turboedit, cora
     assert main(["--suites", "cora", "--count", "1", "--out", str(out), "--no-progress"]) == 0
     assert "6 already in" in capsys.readouterr().err
+    arguments = ["--suites", "cora", "--count", "1", "--out", str(out), "--no-progress", "--ablations"]
+    assert main(arguments) == 0  # only the ablation's three edits run
+    assert (
+        "6 already in" in capsys.readouterr().err
+        and "| cora | cora-no-correction | " in (out / "report.md").read_text()
+    )
     with pytest.raises(SystemExit):
         main(["--suites", "cora,nope", "--out", str(out)])
     assert "unknown suite(s) nope" in capsys.readouterr().err

@@ -56,6 +56,7 @@ class Suite:
     case_id: Callable[[Any], str]
     group: Callable[[Any], str]
     measures: tuple[str, ...] = ()  # the suite's own headline measures (row columns), shown in the report
+    ablations: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)  # run with --ablations
     model: str = "toyworld"
     cache_bytes: int = 2**30
     applies: Callable[[Any, str], bool] = lambda _case, _label: True  # does this run apply to this case?
@@ -113,6 +114,7 @@ def _mde() -> Suite:
         count=10,
         kinds=1,
         runs={label: (label, {}) for label in ("mde-edit", "nti-p2p")},
+        ablations={label: (label, {}) for label in ("mde-no-oal", "mde-no-ccl", "mde-no-losses")},
         make_cases=mde.cases,
         edit=lambda engine, case, target, params: mde.run_case(engine, case, target, params)[0],
         judge=mde.judge,
@@ -151,6 +153,7 @@ def _cora() -> Suite:
         count=10,
         kinds=len(cora.KINDS),
         runs={label: (method_id, {}) for label, method_id in cora.VARIANTS.items()},
+        ablations={"cora-no-correction": ("cora", {"latent_correction": False})},
         make_cases=cora.cases,
         edit=lambda engine, case, target, params: cora.run_case(engine, case, target, params),
         judge=cora.judge,
@@ -170,6 +173,7 @@ def _transfer() -> Suite:
         count=5,
         kinds=len(transfer.KINDS),
         runs={label: (transfer.METHOD, transfer.VARIANTS[label]) for label in ("eye-for-an-eye", "kv-swap")},
+        ablations={label: (transfer.METHOD, transfer.VARIANTS[label]) for label in ("values", "no-adain")},
         make_cases=transfer.cases,
         edit=lambda engine, case, target, params: transfer.run_case(engine, case, target, params),
         judge=transfer.judge,
@@ -219,6 +223,7 @@ def run_suites(
     extra_params: dict[str, Any] | None = None,
     progress: bool = True,
     engine_for: Callable[[Suite], Any] | None = None,
+    ablations: bool = False,
 ) -> list[dict[str, Any]]:
     """Run what `out/rows.jsonl` does not hold yet; return every row of these suites and settings."""
     from tqdm import tqdm
@@ -234,7 +239,7 @@ def run_suites(
         params = {"steps": suite.steps} if suite.steps else {}
         params.update(extra_params or {})
         for case in cases:
-            for label, (target, run_params) in suite.runs.items():
+            for label, (target, run_params) in (suite.runs | (suite.ablations if ablations else {})).items():
                 if (labels and label not in labels) or not suite.applies(case, label):
                     continue
                 merged = {**params, **run_params}
@@ -531,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--count", type=int, help="cases per kind in each suite (default: each suite's report count)")
     parser.add_argument("--methods", default="", help="only these methods / variants (comma-separated labels)")
+    parser.add_argument("--ablations", action="store_true", help="also the papers' ablations (mde, cora, transfer)")
     parser.add_argument("--cases", type=Path, help="a folder of your own cases (cases.json or cases.yaml)")
     parser.add_argument("--model", default=None, help="model of --cases (toy-world suites use the toy-world model)")
     parser.add_argument("--clip", default="", help="CLIP weights (folder or cached hub id) for CLIP score / CLIP-Acc")
@@ -565,7 +571,9 @@ def main(argv: list[str] | None = None) -> int:
     labels = {label for label in args.methods.split(",") if label} or None
     began = time.perf_counter()
     before = len(_load_rows(args.out / "rows.jsonl"))
-    entries = run_suites(suites, args.out, args.count, labels, extra, progress=not args.no_progress)
+    entries = run_suites(
+        suites, args.out, args.count, labels, extra, progress=not args.no_progress, ablations=args.ablations
+    )
     ran = len(_load_rows(args.out / "rows.jsonl")) - before
     meta = {
         "model": ", ".join(dict.fromkeys(s.model for s in suites)),
