@@ -191,10 +191,15 @@ def preview_seconds(engine: Engine, size: int, repeat: int = 20) -> float:
     side = size // engine.bundle.vae_scale_factor
     latent = engine.randn((1, engine.unet.config.in_channels, side, side), seed=0)
     engine.latent_rgb_factors()  # fitted once per model at load: not a per-step cost
-    started = time.perf_counter()
-    for step in range(repeat):
+
+    def one(step: int) -> None:
         rgb = latent_to_rgb(latent.float().cpu(), engine.latent_rgb_factors())
         Event(kind="preview", job_id="bench", step=step, total=repeat, image=rgb).to_dict()
+
+    one(0)  # warm-up (first-call imports and allocations)
+    started = time.perf_counter()
+    for step in range(repeat):
+        one(step)
     return (time.perf_counter() - started) / repeat
 
 
@@ -228,9 +233,16 @@ GOAL_COMPANIONS: dict[int, tuple[str, ...]] = {
 
 
 def measure(
-    engine: Engine, methods: list[Method], size: int, steps: int, repeat: int, params: dict[str, object]
-) -> tuple[list[dict], float]:
-    """Rows of one bench at `steps`: plain sampling first (ratio 1), then each method; and the per-step preview cost."""
+    engine: Engine,
+    methods: list[Method],
+    size: int,
+    steps: int,
+    repeat: int,
+    params: dict[str, object],
+    per_preview: float,
+    show: Callable[[dict], None] = lambda row: None,
+) -> list[dict]:
+    """Rows of one bench at `steps`: plain sampling first (ratio 1), then each method, each `show`n as it is done."""
     reporter = engine.report
     cond = engine.encode_prompts(["a red circle"])
     uncond = engine.encode_prompts([""])
@@ -252,7 +264,7 @@ def measure(
     base_seconds, base_memory = best(reference)
     rows = [{"method": "ddim-sampling", "steps": steps, "seconds": base_seconds, "ratio": 1.0}]
     rows[0]["peak_bytes"] = base_memory
-    per_preview = preview_seconds(engine, size)
+    show(rows[0])
     for method in methods:
         request = bench_request(method, size, steps)
         names = {spec.name for spec in method.info.params}
@@ -280,7 +292,11 @@ def measure(
                 "preview_share": previews * per_preview / seconds,
             }
         )
-    return rows, per_preview
+        if method.info.id in GOALS and GOALS[method.info.id][0] == steps:
+            aim = GOALS[method.info.id][1]
+            rows[-1].update(goal=aim, met=rows[-1]["ratio"] <= aim, rerun_met=rows[-1]["rerun_ratio"] <= aim)
+        show(rows[-1])
+    return rows
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -302,16 +318,11 @@ def run_bench(args: argparse.Namespace) -> int:
         plan = {steps: methods for steps, methods in plan.items() if methods}
     else:
         plan = {args.steps: [m for m in available if not wanted or m.info.id in wanted]}
+    per_preview = preview_seconds(engine, size)
+    _print_header(bundle, size, sorted(plan), _params(args), per_preview, goals=bool(getattr(args, "goals", False)))
     rows: list[dict] = []
-    per_preview = 0.0
     for steps, methods in plan.items():
-        found, per_preview = measure(engine, methods, size, steps, args.repeat, _params(args))
-        for row in found:
-            if row["method"] in GOALS and GOALS[row["method"]][0] == steps:
-                aim = GOALS[row["method"]][1]
-                row.update(goal=aim, met=row["ratio"] <= aim, rerun_met=row["rerun_ratio"] <= aim)
-        rows += found
-    _print_table(rows, bundle, size, sorted(plan), _params(args), per_preview)
+        rows += measure(engine, methods, size, steps, args.repeat, _params(args), per_preview, _print_row)
     extras: dict[str, float] = {}
     if any(method.info.id == "cora" for methods in plan.values() for method in methods):
         from backend.engine.cora_ops import sdxl_alignment_seconds
@@ -335,8 +346,8 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_table(
-    rows: list[dict], bundle, size: int, steps: list[int], params: dict[str, object], per_preview: float
+def _print_header(
+    bundle, size: int, steps: list[int], params: dict[str, object], per_preview: float, goals: bool
 ) -> None:
     counts = ", ".join(str(n) for n in steps)
     print(
@@ -348,20 +359,24 @@ def _print_table(
     print("re-run = the same edit again on the same picture (inversions cached, as in the app)")
     where = "CUDA peak allocated" if bundle.device.type == "cuda" else "CPU peak allocated above the start"
     print(f"preview: {per_preview * 1000:.2f} ms per step (latent -> RGB + PNG event); peak MiB = {where}")
-    goals = any("goal" in row for row in rows)
     print(
         f"{'method':<20}{'steps':>6}{'seconds':>10}{'ratio':>9}{'re-run s':>10}{'re-run x':>10}"
-        f"{'previews':>10}{'preview %':>10}{'peak MiB':>10}" + (f"{'aim':>7}  met (first / re-run)" if goals else "")
+        f"{'previews':>10}{'preview %':>10}{'peak MiB':>10}" + (f"{'aim':>7}  met (first / re-run)" if goals else ""),
+        flush=True,
     )
-    for row in rows:
-        memory = f"{row['peak_bytes'] / 2**20:.0f}" if row["peak_bytes"] else "-"
-        rerun = row.get("rerun_seconds", row["seconds"])
-        again = f"{rerun:>10.3f}{rerun / row['seconds'] * row['ratio']:>10.2f}"
-        shown = f"{row['previews']:>10}{100 * row['preview_share']:>10.1f}" if "previews" in row else f"{'-':>10}" * 2
-        aim = ""
-        if "goal" in row:
-            aim = f"{row['goal']:>6.1f}x  {'yes' if row['met'] else 'NO'} / {'yes' if row['rerun_met'] else 'NO'}"
-        print(
-            f"{row['method']:<20}{row['steps']:>6}{row['seconds']:>10.3f}{row['ratio']:>9.2f}{again}{shown}{memory:>10}"
-            + (f" {aim}" if aim else "")
-        )
+
+
+def _print_row(row: dict) -> None:
+    """One method's line, printed as soon as it is measured (a full-size bench takes minutes per method)."""
+    memory = f"{row['peak_bytes'] / 2**20:.0f}" if row["peak_bytes"] else "-"
+    rerun = row.get("rerun_seconds", row["seconds"])
+    again = f"{rerun:>10.3f}{rerun / row['seconds'] * row['ratio']:>10.2f}"
+    shown = f"{row['previews']:>10}{100 * row['preview_share']:>10.1f}" if "previews" in row else f"{'-':>10}" * 2
+    aim = ""
+    if "goal" in row:
+        aim = f"{row['goal']:>6.1f}x  {'yes' if row['met'] else 'NO'} / {'yes' if row['rerun_met'] else 'NO'}"
+    print(
+        f"{row['method']:<20}{row['steps']:>6}{row['seconds']:>10.3f}{row['ratio']:>9.2f}{again}{shown}{memory:>10}"
+        + (f" {aim}" if aim else ""),
+        flush=True,
+    )
