@@ -55,14 +55,31 @@ def test_rows_are_kept_as_they_come_and_a_second_run_only_runs_what_is_missing(t
     assert len(calls) == 8 and [e["row"] for e in again] == [e["row"] for e in entries]
     # A run killed while writing its last row: that edit runs again, the others are kept.
     lines = (tmp_path / "rows.jsonl").read_text().splitlines()
-    (tmp_path / "rows.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20] + "\n")
+    (tmp_path / "rows.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])  # no newline: cut short
     run_suites([_fake_suite(calls)], tmp_path, progress=False)
     assert len(calls) == 9
+    assert len(run_suites([_fake_suite(calls)], tmp_path, progress=False)) == 8 and len(calls) == 9
     # Other settings are other rows: more cases or other steps run, the rows already there are reused.
     run_suites([_fake_suite(calls)], tmp_path, count=3, progress=False)
     assert len(calls) == 9 + 4
     run_suites([_fake_suite(calls, steps=5)], tmp_path, count=1, labels={"good"}, progress=False)
     assert calls[-2:] == [(0, "good", 5), (1, "good", 5)]
+
+
+def test_an_edit_that_refuses_its_case_is_said_and_the_rest_runs(tmp_path, capsys):
+    calls: list = []
+    suite = _fake_suite(calls)
+    edit = suite.edit
+
+    def refusing(engine, case, target, params):
+        if case == 1 and target == "bad":
+            raise InputError("method 'bad' needs a mask")
+        return edit(engine, case, target, params)
+
+    suite.edit = refusing
+    entries = run_suites([suite], tmp_path, progress=False)
+    assert len(entries) == 7 and len(calls) == 7
+    assert "fake bad 001: method 'bad' needs a mask" in capsys.readouterr().err
 
 
 def test_summaries_count_successes_by_method_and_kind_with_wilson_intervals(tmp_path):

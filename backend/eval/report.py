@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from backend.errors import InputError
 from backend.eval.suite import param_value
 
 
@@ -252,13 +253,23 @@ def run_suites(
         flush=True,
     )
     bar = tqdm(total=len(plan), initial=len(plan) - len(todo), disable=not progress, unit="edit", file=sys.stderr)
+    if store.exists() and store.stat().st_size and not store.read_bytes().endswith(b"\n"):
+        with store.open("a") as sink:  # a line cut short by a crash: the next row starts on a line of its own
+            sink.write("\n")
+    failed = []
     with store.open("a") as sink:
         for suite, case, label, target, params, key in todo:
             if suite.engine is None:
                 suite.engine = engine_for(suite) if engine_for else suite_engine(suite.model, suite.cache_bytes)
             bar.set_description(f"{suite.name} {label}")
             began = time.perf_counter()
-            image = suite.edit(suite.engine, case, target, params)
+            try:
+                image = suite.edit(suite.engine, case, target, params)
+            except InputError as exc:  # a case this method cannot take: said, skipped, the rest runs
+                failed.append(f"{suite.name} {label} {suite.case_id(case)}: {exc}")
+                bar.write(f"skipped {failed[-1]}", file=sys.stderr)
+                bar.update(1)
+                continue
             seconds = time.perf_counter() - began
             row = {name: _json_safe(value) for name, value in suite.judge(case, image).items()}
             entry = {
@@ -280,7 +291,11 @@ def run_suites(
                 _save_image(inputs, _input_strip(case, image.shape))
             bar.update(1)
     bar.close()
-    return [done[item[-1]] for item in plan]
+    if failed:
+        print(f"{len(failed)} edit(s) could not run (left out of the report):", file=sys.stderr)
+        for line in failed:
+            print(f"  {line}", file=sys.stderr)
+    return [done[item[-1]] for item in plan if item[-1] in done]
 
 
 def _input_strip(case: Any, shape: tuple[int, ...]) -> np.ndarray:
